@@ -1,0 +1,1 @@
+"""Opt-outs, the disclosure decision, its cache and the tamper-evident log."""

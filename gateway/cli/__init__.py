@@ -1,0 +1,42 @@
+"""The ``concord`` command line. Exit codes: 0 all accepted, 1 some records quarantined, 2 could not run."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from gateway.cli import data, ingest, mappings, quarantine, synth
+from gateway.report import EXIT_FAILED
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="concord")
+def cli() -> None:
+    """concord: a FHIR R4 gateway for shared care records, keyed on the NHS number.
+
+    Settings come from CONCORD_* environment variables: CONCORD_DATA_DIR (default ./.concord),
+    CONCORD_DATABASE_URL (default: a SQLite file in the data dir; postgresql://... for PostgreSQL).
+    """
+
+
+cli.add_command(synth.synth)
+cli.add_command(ingest.ingest)
+cli.add_command(data.export)
+cli.add_command(data.view)
+cli.add_command(data.quality)
+cli.add_command(data.db)
+cli.add_command(mappings.mappings)
+cli.add_command(quarantine.quarantine)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_FAILED)
+    except click.exceptions.Abort:
+        sys.exit(EXIT_FAILED)

@@ -1,0 +1,398 @@
+"""Ingest: adapter records → mappings → the store, in batches, one transaction per batch.
+
+For every batch: map each record (a record that cannot be mapped is
+quarantined with its reason), validate what changed with fhir.resources and the
+code sets (an invalid record is quarantined whole), merge the touched people's
+shared Patients from all sources' contributions, then write new versions, their
+outbox rows, quarantine rows and the data-quality tables together.
+
+Memory is bounded by the batch size, not the extract: records stream in from
+the adapter and only the touched people's contributions are loaded.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from adapters.records import Item, RecordError, SourceRecord
+from gateway.report import IngestReport
+from gateway.store import people, quarantine
+from gateway.store.dialect import upsert
+from gateway.store.people import StoredContribution
+from gateway.store.resources import ConcurrentWrite, Current, Key, Version, current_versions, write_versions
+from gateway.store.schema import ingest_runs, unknown_codes
+from gateway.store.versioning import content_hash, now, stamp
+from mappings.engine import MappingError
+from mappings.mapper import MappedRecord, Mapper, provenance
+from mappings.shared_view import Contribution, merge
+from mappings.validate import UKCORE_PATIENT, ValidationFailure, validate
+
+ProgressFn = Callable[[int], None]
+_RETRIES = 3
+
+
+class ValidatedCache:
+    """Content hashes already validated in this process (bounded LRU): the same content is valid again."""
+
+    def __init__(self, size: int = 200_000) -> None:
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+
+    def validate(self, resource: dict[str, Any], chash: str) -> None:
+        if chash in self._seen:
+            self._seen.move_to_end(chash)
+            return
+        validate(resource)
+        self._seen[chash] = None
+        if len(self._seen) > self._size:
+            self._seen.popitem(last=False)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What one batch will write, built before anything is written."""
+
+    when: datetime
+    report: IngestReport
+    errors: list[RecordError] = field(default_factory=list)
+    versions: list[Version] = field(default_factory=list)
+    contributions: dict[tuple[str, str, str], StoredContribution] = field(default_factory=dict)
+    touched: set[str] = field(default_factory=set)
+    warnings: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    #: Resource keys whose current version was looked up for this batch (absent from ``current``: new).
+    loaded: set[Key] = field(default_factory=set)
+
+
+class Ingestor:
+    """Runs ingests into one store. Stateless between runs but for the validation cache."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        mapper: Mapper,
+        batch_size: int = 500,
+        clock: Callable[[], datetime] = now,
+    ) -> None:
+        self.engine = engine
+        self.mapper = mapper
+        self.batch_size = batch_size
+        self.clock = clock
+        self.cache = ValidatedCache()
+
+    async def run(
+        self, source: str, items: Iterable[Item], input_name: str, progress: ProgressFn | None = None
+    ) -> IngestReport:
+        """Ingest every item; returns the report (also stored with the run)."""
+        report = IngestReport(source, input_name)
+        report.run_id = await self._start_run(source, input_name)
+        for batch in _batches(items, self.batch_size):
+            delta = await self._commit(batch, report.run_id)
+            _add(report, delta)
+            if progress:
+                progress(len(batch))
+        await self._finish_run(report)
+        return report
+
+    async def replay(self, ids: Sequence[int], adapters: dict[str, Any]) -> IngestReport:
+        """Read quarantined records again (after a mapping or data fix) and ingest those that now pass."""
+        report = IngestReport("replay", ",".join(str(i) for i in ids[:20]))
+        for qid in ids:
+            async with self.engine.connect() as conn:
+                row = await quarantine.get(conn, qid)
+            if row is None or row.status != "open":
+                continue
+            items = list(adapters[row.source].reread(row.raw, row.location))
+            delta = await self._commit(items, None, replay_of=qid)
+            _add(report, delta)
+        return report
+
+    async def _commit(
+        self, items: Sequence[Item], run_id: int | None, replay_of: int | None = None
+    ) -> IngestReport:
+        for attempt in range(_RETRIES):
+            try:
+                async with self.engine.begin() as conn:
+                    return await self._apply(conn, items, run_id, replay_of)
+            except (ConcurrentWrite, IntegrityError):
+                # Another writer changed the same resources between our read and write.
+                if attempt == _RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _apply(
+        self, conn: AsyncConnection, items: Sequence[Item], run_id: int | None, replay_of: int | None
+    ) -> IngestReport:
+        batch = _Batch(self.clock(), IngestReport("", ""))
+        mapped = self._map(items, batch)
+        stored = await people.load_contributions(conn, {m.nhs_number for _, m in mapped})
+        by_person: dict[str, dict[tuple[str, str], StoredContribution]] = {}
+        for c in stored:
+            by_person.setdefault(c.nhs_number, {})[(c.source, c.local_id)] = c
+        batch.loaded = _keys(mapped, self.mapper)
+        current = await current_versions(conn, batch.loaded)
+        for record, m in mapped:
+            self._accept(record, m, by_person, current, batch)
+        await self._retire_merged(conn, mapped, by_person, batch)
+        await people.save_contributions(conn, list(batch.contributions.values()))
+        for number in sorted(batch.touched):
+            await self._rebuild_person(conn, number, by_person.get(number, {}), current, batch)
+        await write_versions(conn, batch.versions)
+        await self._write_quality(conn, batch)
+        if replay_of is None:
+            await quarantine.add(conn, run_id, batch.errors, batch.when)
+        elif batch.errors:
+            await quarantine.requarantine(conn, replay_of, batch.errors[0])
+        else:
+            await quarantine.resolve(conn, replay_of, batch.when)
+        for e in batch.errors:
+            batch.report.quarantined[e.reason] += 1
+        return batch.report
+
+    async def _retire_merged(
+        self,
+        conn: AsyncConnection,
+        mapped: Sequence[tuple[SourceRecord, MappedRecord]],
+        by_person: dict[str, dict[tuple[str, str], StoredContribution]],
+        batch: _Batch,
+    ) -> None:
+        """An HL7 merge (A40) supersedes a local id: retire its contribution and rebuild whom it touched."""
+        for m in (m for _, m in mapped if m.replaces_local_id):
+            old = m.replaces_local_id or ""
+            numbers = await people.retire_contribution(conn, m.source, old)
+            unseen = [n for n in numbers if n not in by_person]
+            for c in await people.load_contributions(conn, unseen):
+                by_person.setdefault(c.nhs_number, {})[(c.source, c.local_id)] = c
+            for number in numbers:
+                by_person.get(number, {}).pop((m.source, old), None)
+                batch.touched.add(number)
+
+    def _map(self, items: Sequence[Item], batch: _Batch) -> list[tuple[SourceRecord, MappedRecord]]:
+        mapped = []
+        for item in items:
+            batch.report.records += 1
+            if isinstance(item, RecordError):
+                batch.errors.append(item)
+                continue
+            try:
+                mapped.append((item, self.mapper.map(item)))
+            except MappingError as exc:
+                issue = exc.issue
+                batch.errors.append(
+                    RecordError(
+                        item.source,
+                        item.location,
+                        issue.reason,
+                        issue.field,
+                        issue.detail,
+                        item.raw,
+                        item.local_id,
+                    )
+                )
+        return mapped
+
+    def _accept(
+        self,
+        record: SourceRecord,
+        m: MappedRecord,
+        by_person: dict[str, dict[tuple[str, str], StoredContribution]],
+        current: dict[Key, Current],
+        batch: _Batch,
+    ) -> None:
+        """Validate one mapped record and stage its writes, or quarantine it whole."""
+        contribution_resource = {
+            "resourceType": "Patient",
+            "id": m.patient_id,
+            "meta": {"profile": [UKCORE_PATIENT]},
+            **m.contribution,
+        }
+        chash = content_hash(contribution_resource)
+        staged: list[Version] = []
+        outcomes: list[str] = []
+        local_current = dict(current)
+        try:
+            self.cache.validate(contribution_resource, chash)
+            for resource in m.resources:
+                key = (resource["resourceType"], resource["id"])
+                rhash = content_hash(resource)
+                cur = local_current.get(key)
+                if cur is not None and cur.content_hash == rhash:
+                    batch.report.count_resource(key[0], "unchanged")
+                    outcomes.append("unchanged")
+                    continue
+                version_id = cur.version_id + 1 if cur else 1
+                stamped = stamp(resource, version_id, batch.when)
+                self.cache.validate(stamped, rhash)
+                staged.append(
+                    Version(key[0], key[1], version_id, batch.when, rhash, stamped, m.nhs_number, m.source)
+                )
+                local_current[key] = Current(version_id, rhash)
+                outcomes.append("new" if version_id == 1 else "changed")
+        except ValidationFailure as exc:
+            batch.errors.append(
+                RecordError(
+                    record.source, record.location, exc.reason, None, str(exc), record.raw, record.local_id
+                )
+            )
+            return
+        current.update(local_current)
+        for v in staged:
+            batch.report.count_resource(v.resource_type, "new" if v.version_id == 1 else "changed")
+        batch.versions.extend(staged)
+        previous = by_person.get(m.nhs_number, {}).get((m.source, m.local_id))
+        if previous is None or previous.content_hash != chash or previous.opt_out_code != m.opt_out_code:
+            outcomes.append("new" if previous is None else "changed")
+            contribution = StoredContribution(
+                m.source,
+                m.local_id,
+                m.nhs_number,
+                m.source_ods,
+                m.opt_out_code,
+                m.recorded,
+                chash,
+                m.contribution,
+            )
+            batch.contributions[(m.source, m.local_id, m.nhs_number)] = contribution
+            by_person.setdefault(m.nhs_number, {})[(m.source, m.local_id)] = contribution
+            batch.touched.add(m.nhs_number)
+        for w in m.warnings:
+            key3 = (m.source, w.field or "", w.detail[:255])
+            batch.warnings[key3] = batch.warnings.get(key3, 0) + 1
+            batch.report.warnings[w.reason] += 1
+        batch.report.accepted += 1
+        if "new" in outcomes:
+            batch.report.new += 1
+        elif "changed" in outcomes:
+            batch.report.changed += 1
+        else:
+            batch.report.unchanged += 1
+
+    async def _rebuild_person(
+        self,
+        conn: AsyncConnection,
+        nhs_number: str,
+        contributions: dict[tuple[str, str], StoredContribution],
+        current: dict[Key, Current],
+        batch: _Batch,
+    ) -> None:
+        """Re-merge one person's shared Patient and its per-source Provenance; stage what changed."""
+        if not contributions:
+            return
+        patient_id = self.mapper.ids.patient(nhs_number)
+        merged, found = merge(
+            patient_id,
+            [Contribution(c.source, c.local_id, c.content, c.recorded) for c in contributions.values()],
+        )
+        resources = [merged]
+        by_source: dict[str, list[StoredContribution]] = {}
+        for c in contributions.values():
+            by_source.setdefault(c.source, []).append(c)
+        for source, group in sorted(by_source.items()):
+            ods = next((c.source_ods for c in group if c.source_ods), None)
+            resources.append(
+                provenance(
+                    self.mapper.ids,
+                    source,
+                    f"Patient/{patient_id}",
+                    [c.local_id for c in group],
+                    ods,
+                    "Patient",
+                )
+            )
+        for resource in resources:
+            key = (resource["resourceType"], resource["id"])
+            rhash = content_hash(resource)
+            cur = current.get(key)
+            if cur is not None and cur.content_hash == rhash:
+                continue
+            if cur is None and key not in batch.loaded:
+                # Not loaded with the batch (a person touched only through a merge): look it up now.
+                cur = (await current_versions(conn, [key])).get(key)
+            version_id = cur.version_id + 1 if cur else 1
+            stamped = stamp(resource, version_id, batch.when)
+            self.cache.validate(stamped, rhash)
+            batch.versions.append(
+                Version(key[0], key[1], version_id, batch.when, rhash, stamped, nhs_number, None)
+            )
+            current[key] = Current(version_id, rhash)
+            batch.report.count_resource(key[0], "new" if version_id == 1 else "changed")
+        await people.set_conflicts(conn, nhs_number, found, batch.when)
+        for conflict in found:
+            batch.report.conflicts[conflict.element] += 1
+
+    async def _write_quality(self, conn: AsyncConnection, batch: _Batch) -> None:
+        if not batch.warnings:
+            return
+        stmt = upsert(conn, unknown_codes, ["source", "field", "detail"], ["last_seen"])
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["source", "field", "detail"],
+            set_={
+                "occurrences": unknown_codes.c.occurrences + stmt.excluded.occurrences,
+                "last_seen": stmt.excluded.last_seen,
+            },
+        )
+        await conn.execute(
+            stmt,
+            [
+                {"source": s, "field": f, "detail": d, "occurrences": n, "last_seen": batch.when}
+                for (s, f, d), n in sorted(batch.warnings.items())
+            ],
+        )
+
+    async def _start_run(self, source: str, input_name: str) -> int:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                ingest_runs.insert().values(
+                    source=source, input_name=input_name[:255], started_at=self.clock()
+                )
+            )
+            return int(result.inserted_primary_key[0])
+
+    async def _finish_run(self, report: IngestReport) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(ingest_runs)
+                .where(ingest_runs.c.id == report.run_id)
+                .values(finished_at=self.clock(), report=orjson.dumps(report.as_dict()).decode())
+            )
+
+
+def _keys(mapped: Sequence[tuple[SourceRecord, MappedRecord]], mapper: Mapper) -> set[Key]:
+    keys: set[Key] = set()
+    for _, m in mapped:
+        keys.update((r["resourceType"], r["id"]) for r in m.resources)
+        keys.add(("Patient", m.patient_id))
+        keys.add(("Provenance", mapper.ids.make("Provenance", m.source, f"Patient/{m.patient_id}")))
+    return keys
+
+
+def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    batch: list[Item] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _add(total: IngestReport, delta: IngestReport) -> None:
+    total.records += delta.records
+    total.accepted += delta.accepted
+    total.new += delta.new
+    total.changed += delta.changed
+    total.unchanged += delta.unchanged
+    total.quarantined.update(delta.quarantined)
+    total.warnings.update(delta.warnings)
+    total.conflicts.update(delta.conflicts)
+    for rtype, counts in delta.resources.items():
+        total.resources.setdefault(rtype, type(counts)()).update(counts)

@@ -1,0 +1,60 @@
+"""The one typed settings object. Nothing else in concord reads the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Settings from ``CONCORD_*`` environment variables.
+
+    ``data_dir`` is where the embedded default keeps its files (SQLite store,
+    the id key, later the log's signing key). ``database_url`` is any SQLAlchemy
+    async URL; unset, it is a SQLite file in ``data_dir``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CONCORD_", extra="ignore")
+
+    data_dir: Path = Path(".concord")
+    database_url: str | None = None
+    redis_url: str | None = None
+    hie_url: str | None = None
+    #: Secret that keys resource ids (HMAC), so an id in a URL does not reveal an NHS number.
+    #: Unset: generated once in ``data_dir``. Several processes must share one value.
+    id_key: str | None = Field(default=None, repr=False)
+    #: Records per store transaction during ingest.
+    ingest_batch_size: int = 500
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return normalise_database_url(self.database_url)
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'concord.db').resolve()}"
+
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url().startswith("sqlite")
+
+    def resolved_id_key(self) -> bytes:
+        if self.id_key:
+            return self.id_key.encode()
+        path = self.data_dir / "id.key"
+        if not path.exists():
+            import secrets
+
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            tmp.replace(path)
+        return path.read_text().strip().encode()
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the URLs people paste (postgresql://, sqlite:///) and pick the async drivers."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
+    return url

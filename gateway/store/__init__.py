@@ -1,0 +1,1 @@
+"""The store: the system of record (SQLite by default, PostgreSQL in production, same code)."""

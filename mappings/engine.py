@@ -1,0 +1,406 @@
+"""The mapping engine: runs a mapping spec over one source record.
+
+A spec (``mappings/specs/<source>.<resource>.json``) is a list of rules; each
+rule names a target FHIR element (a path such as ``name[0].family``), where its
+value comes from (a source ``field``, a constant ``value`` or a ``template``)
+and an optional ``transform`` (``date``, ``concept:<ConceptMap id>`` ...). A rule
+with ``each`` maps every item of a list field to one new element (``activity[]``).
+Empty values are never written, so no element is empty.
+
+    MappingError     the record cannot be mapped (a required field is missing,
+                     a date does not parse, a code has no map where FHIR requires one)
+
+Pure: no I/O after the specs and maps are loaded, same input, same output.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from mappings import nhs_number
+from mappings.terminology import ConceptMapTable
+
+LONDON = ZoneInfo("Europe/London")
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+_PATH_PART = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d*)\])?")
+
+
+@dataclass(frozen=True, slots=True)
+class MappingIssue:
+    """Something a record's mapping could not do cleanly. ``reason`` is a stable code."""
+
+    reason: str
+    field: str | None
+    detail: str
+
+
+class MappingError(Exception):
+    def __init__(self, issue: MappingIssue) -> None:
+        super().__init__(issue.detail)
+        self.issue = issue
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    element: str
+    field: str | None = None
+    value: Any = None
+    template: str | None = None
+    transform: tuple[str, ...] = ()
+    required: bool = False
+    each: tuple[Rule, ...] = ()
+    on_unknown: str = "quarantine"
+    note: str = ""
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> Rule:
+        transform = raw.get("transform", ())
+        if isinstance(transform, str):
+            transform = (transform,)
+        sources = [k for k in ("field", "value", "template") if k in raw]
+        if len(sources) != 1:
+            raise ValueError(f"rule for {raw.get('element')!r} needs exactly one of field/value/template")
+        return cls(
+            element=raw["element"],
+            field=raw.get("field"),
+            value=raw.get("value"),
+            template=raw.get("template"),
+            transform=tuple(transform),
+            required=bool(raw.get("required", False)),
+            each=tuple(cls.parse(r) for r in raw.get("each", ())),
+            on_unknown=raw.get("on_unknown", "quarantine"),
+            note=raw.get("note", ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceSpec:
+    """How one source's records become one kind of resource."""
+
+    source: str
+    resource_type: str
+    title: str
+    profile: str
+    rules: tuple[Rule, ...]
+    #: For resources made per item of a list field (care plans): that field's name.
+    for_each: str | None = None
+    #: Fields of the item (or record) that identify the resource at its source.
+    local_id: tuple[str, ...] = ()
+    description: str = ""
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> ResourceSpec:
+        return cls(
+            source=raw["source"],
+            resource_type=raw["resourceType"],
+            title=raw.get("title", ""),
+            profile=raw["profile"],
+            rules=tuple(Rule.parse(r) for r in raw["rules"]),
+            for_each=raw.get("for_each"),
+            local_id=tuple(raw.get("local_id", ())),
+            description=raw.get("description", ""),
+        )
+
+
+@dataclass(slots=True)
+class Mapped:
+    """A mapped resource body (no id or meta yet) and the warnings met on the way."""
+
+    body: dict[str, Any]
+    warnings: list[MappingIssue] = field(default_factory=list)
+
+
+class _Scope:
+    __slots__ = ("context", "index", "item", "root", "warnings")
+
+    def __init__(
+        self,
+        item: Mapping[str, Any],
+        root: Mapping[str, Any],
+        index: int,
+        warnings: list[MappingIssue],
+        context: Mapping[str, Any],
+    ) -> None:
+        self.item, self.root, self.index, self.warnings, self.context = item, root, index, warnings, context
+
+    def get(self, name: str) -> Any:
+        if name.startswith("$"):
+            return self.context.get(name[1:])
+        if name.startswith("^"):
+            return _dig(self.root, name[1:])
+        return _dig(self.item, name)
+
+
+def _dig(data: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(data, Mapping):
+            return None
+        data = data.get(part)
+    return data
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == "" or value == [] or value == {}
+
+
+class Engine:
+    """Applies specs with a fixed set of terminology tables."""
+
+    def __init__(self, tables: Mapping[str, ConceptMapTable]) -> None:
+        self.tables = tables
+        self._transforms: dict[str, Callable[[Any, str, _Scope, Rule], Any]] = {
+            "text": lambda v, a, s, r: _text(v),
+            "upper": lambda v, a, s, r: _text(v).upper() if _text(v) else None,
+            "date": lambda v, a, s, r: _date(v, r),
+            "datetime": lambda v, a, s, r: _datetime(v, r),
+            "split": lambda v, a, s, r: _split(v, a or ","),
+            "int": lambda v, a, s, r: _int(v, r),
+            "nhs-number": lambda v, a, s, r: _nhs(v, r),
+            "ods-reference": lambda v, a, s, r: {"identifier": {"system": ODS_SYSTEM, "value": _text(v)}},
+            "code": self._code,
+            "coding": self._coding,
+            "concept": self._concept,
+        }
+
+    def check(self, spec: ResourceSpec) -> None:
+        """Fail fast on a spec naming a transform or terminology map that does not exist."""
+        for rule in _walk(spec.rules):
+            for t in rule.transform:
+                name, _, arg = t.partition(":")
+                if name not in self._transforms:
+                    raise ValueError(f"{spec.source}.{spec.resource_type}: unknown transform {name!r}")
+                if name in ("code", "coding", "concept") and arg not in self.tables:
+                    raise ValueError(f"{spec.source}.{spec.resource_type}: no ConceptMap {arg!r}")
+
+    def apply(
+        self,
+        spec: ResourceSpec,
+        item: Mapping[str, Any],
+        root: Mapping[str, Any],
+        context: Mapping[str, Any] | None = None,
+    ) -> Mapped:
+        """Map one item (the record itself, or one element of ``spec.for_each``).
+
+        ``context`` holds values the mapper knows and the record does not, read as
+        ``$name`` (``$patient``: the shared Patient's reference, for contained resources).
+        """
+        out = Mapped({})
+        scope = _Scope(item, root, 0, out.warnings, context or {})
+        self._apply_rules(spec.rules, scope, out.body)
+        return out
+
+    def _apply_rules(self, rules: Sequence[Rule], scope: _Scope, target: dict[str, Any]) -> None:
+        for rule in rules:
+            if rule.each:
+                items = scope.get(rule.field) if rule.field else None
+                if items is None:
+                    continue
+                if not isinstance(items, list):
+                    raise MappingError(
+                        MappingIssue("field-not-a-list", rule.field, "expected a list of items")
+                    )
+                for i, sub in enumerate(items, start=1):
+                    element: dict[str, Any] = {}
+                    sub_item = sub if isinstance(sub, Mapping) else {"value": sub}
+                    self._apply_rules(
+                        rule.each, _Scope(sub_item, scope.root, i, scope.warnings, scope.context), element
+                    )
+                    if element:
+                        _set(target, rule.element, element)
+                continue
+            value = self._value(rule, scope)
+            if _empty(value):
+                if rule.required:
+                    reason = "nhs-number-missing" if "nhs-number" in rule.transform else "required-field-missing"
+                    raise MappingError(MappingIssue(reason, rule.field, f"{rule.field} is required"))
+                continue
+            _set(target, rule.element, value)
+
+    def _value(self, rule: Rule, scope: _Scope) -> Any:
+        if rule.field is not None:
+            value = scope.get(rule.field)
+        elif rule.template is not None:
+            value = _render(rule.template, scope)
+        else:
+            value = rule.value
+        for t in rule.transform:
+            if _empty(value):
+                return None
+            name, _, arg = t.partition(":")
+            value = self._transforms[name](value, arg, scope, rule)
+        return value
+
+    def _lookup(self, value: Any, table_id: str, scope: _Scope, rule: Rule) -> tuple[Any, bool]:
+        code = _text(value)
+        if code is None:
+            return None, True
+        concept = self.tables[table_id].lookup(code)
+        if concept is not None:
+            return concept, True
+        issue = MappingIssue("unknown-code", rule.field, f"code not in ConceptMap {table_id}")
+        if rule.on_unknown == "quarantine":
+            raise MappingError(issue)
+        scope.warnings.append(issue)
+        return code, False
+
+    def _code(self, value: Any, table_id: str, scope: _Scope, rule: Rule) -> Any:
+        concept, known = self._lookup(value, table_id, scope, rule)
+        return concept.code if known and concept is not None else None
+
+    def _coding(self, value: Any, table_id: str, scope: _Scope, rule: Rule) -> Any:
+        concept, known = self._lookup(value, table_id, scope, rule)
+        if not known:
+            return {"system": self.tables[table_id].source_system, "code": concept}
+        return concept.coding() if concept is not None else None
+
+    def _concept(self, value: Any, table_id: str, scope: _Scope, rule: Rule) -> Any:
+        concept, known = self._lookup(value, table_id, scope, rule)
+        if not known:
+            # Keep the source's own code (and say so in the report) rather than drop it.
+            return {"coding": [{"system": self.tables[table_id].source_system, "code": concept}]}
+        if concept is None:
+            return None
+        out: dict[str, Any] = {"coding": [concept.coding()]}
+        if concept.display:
+            out["text"] = concept.display
+        return out
+
+
+def _walk(rules: Sequence[Rule]) -> list[Rule]:
+    out: list[Rule] = []
+    for r in rules:
+        out.append(r)
+        out.extend(_walk(r.each))
+    return out
+
+
+def _render(template: str, scope: _Scope) -> str | None:
+    def repl(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name == "i":
+            return str(scope.index)
+        v = scope.get(name)
+        return "" if v is None else str(v)
+
+    rendered = re.sub(r"\{([$^]?[A-Za-z0-9_.]+)\}", repl, template)
+    return rendered.strip() or None
+
+
+def _set(target: dict[str, Any], path: str, value: Any) -> None:
+    parts = path.split(".")
+    node: Any = target
+    for n, part in enumerate(parts):
+        m = _PATH_PART.fullmatch(part)
+        if m is None:
+            raise ValueError(f"bad element path {path!r}")
+        name, index = m.group(1), m.group(2)
+        last = n == len(parts) - 1
+        if index is None:
+            if last:
+                node[name] = value
+            else:
+                node = node.setdefault(name, {})
+            continue
+        seq = node.setdefault(name, [])
+        if index == "":
+            if last:
+                seq.extend(value) if isinstance(value, list) else seq.append(value)
+                return
+            seq.append({})
+            node = seq[-1]
+            continue
+        i = int(index)
+        while len(seq) <= i:
+            seq.append({})
+        if last:
+            seq[i] = value
+        else:
+            node = seq[i]
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _split(value: Any, sep: str) -> list[str]:
+    if isinstance(value, list):
+        return [t for v in value if (t := _text(v))]
+    return [t for part in str(value).split(sep) if (t := part.strip())]
+
+
+def _int(value: Any, rule: Rule) -> int:
+    try:
+        return int(str(value).strip())
+    except ValueError as exc:
+        raise MappingError(MappingIssue("invalid-number", rule.field, "not a whole number")) from exc
+
+
+def _nhs(value: Any, rule: Rule) -> str:
+    try:
+        return nhs_number.normalise(str(value))
+    except nhs_number.NhsNumberError as exc:
+        raise MappingError(MappingIssue(exc.code, rule.field, str(exc))) from exc
+
+
+_HL7_TS = re.compile(r"(\d{8,14})(\.\d+)?([+-]\d{4})?")
+_DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d", "%d/%m/%Y")
+
+
+def parse_date(value: Any) -> date | None:
+    """A date from ISO, HL7 (YYYYMMDD[hhmm[ss]]) or UK (dd/mm/yyyy) form; None if it is none of them."""
+    text = _text(value)
+    if text is None:
+        return None
+    if len(text) > 8 and text[:8].isdigit() and "-" not in text:
+        text = text[:8]  # HL7 TS: date part of YYYYMMDDhhmmss
+    elif "T" in text:
+        text = text.split("T", 1)[0]
+    for fmt in _DATE_FORMATS:
+        try:
+            return datetime.strptime(text, fmt).date()
+        except ValueError:
+            continue
+    return None
+
+
+def _date(value: Any, rule: Rule) -> str:
+    parsed = parse_date(value)
+    if parsed is None or parsed.year < 1880:
+        raise MappingError(MappingIssue("invalid-date", rule.field, "not a date"))
+    return parsed.isoformat()
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    """A timezone-aware datetime from ISO 8601 or HL7 TS; local times are Europe/London."""
+    text = _text(value)
+    if text is None:
+        return None
+    hl7 = _HL7_TS.fullmatch(text)
+    try:
+        if hl7 is not None:
+            digits, offset = hl7.group(1), hl7.group(3)
+            fmt = {8: "%Y%m%d", 10: "%Y%m%d%H", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}.get(len(digits))
+            if fmt is None:
+                return None
+            if offset:
+                return datetime.strptime(digits + offset, fmt + "%z")
+            return datetime.strptime(digits, fmt).replace(tzinfo=LONDON)
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=LONDON)
+
+
+def _datetime(value: Any, rule: Rule) -> str:
+    parsed = parse_datetime(value)
+    if parsed is None:
+        raise MappingError(MappingIssue("invalid-datetime", rule.field, "not a date and time"))
+    return parsed.isoformat()

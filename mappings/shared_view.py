@@ -1,0 +1,79 @@
+"""The shared Patient: one per NHS number, merged from every source's contribution.
+
+Precedence (docs/mapping.md): for each top-level element, the first source in
+``PRECEDENCE`` that has it wins: the GP holds the registered demographics,
+then the acute trust, community, social care, then pushed FHIR. Within one
+source the most recently recorded contribution wins. Disagreements on the
+elements that identify a person (date of birth, gender) are never resolved
+silently: they come back as Conflicts for the data-quality report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from mappings.validate import UKCORE_PATIENT
+
+PRECEDENCE: Final = ("gp", "acute", "community", "social-care", "fhir")
+CHECKED_ELEMENTS: Final = ("birthDate", "gender")
+_SKIP: Final = frozenset({"resourceType", "id", "meta", "text"})
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    source: str
+    local_id: str
+    body: dict[str, Any]
+    recorded: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """Two or more sources disagree on ``element`` for one person. No values: they are patient data."""
+
+    element: str
+    sources: tuple[str, ...]
+    distinct_values: int
+
+
+def _rank(c: Contribution) -> tuple[int, str, str]:
+    order = PRECEDENCE.index(c.source) if c.source in PRECEDENCE else len(PRECEDENCE)
+    # Newest first within a source: negate by sorting on an inverted key below.
+    return (order, _invert(c.recorded), c.local_id)
+
+
+def _invert(text: str) -> str:
+    return "".join(chr(0x10FFFF - ord(ch)) for ch in text)
+
+
+def merge(patient_id: str, contributions: Sequence[Contribution]) -> tuple[dict[str, Any], list[Conflict]]:
+    """Build the shared Patient from all contributions (at least one)."""
+    if not contributions:
+        raise ValueError("a shared Patient needs at least one contribution")
+    ranked = sorted(contributions, key=_rank)
+    patient: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": patient_id,
+        "meta": {"profile": [UKCORE_PATIENT]},
+    }
+    for contribution in ranked:
+        for key, value in contribution.body.items():
+            if key not in _SKIP and key not in patient:
+                patient[key] = value
+    return patient, conflicts(ranked)
+
+
+def conflicts(contributions: Sequence[Contribution]) -> list[Conflict]:
+    found = []
+    for element in CHECKED_ELEMENTS:
+        values: dict[str, set[str]] = {}
+        for c in contributions:
+            v = c.body.get(element)
+            if v is not None and v != "unknown":
+                values.setdefault(str(v), set()).add(c.source)
+        if len(values) > 1:
+            sources = sorted({s for group in values.values() for s in group})
+            found.append(Conflict(element, tuple(sources), len(values)))
+    return found

@@ -1,0 +1,131 @@
+"""Validation of every resource before it is stored: fhir.resources structure plus the code sets.
+
+fhir.resources checks structure and datatypes but not required bindings (a
+Patient with ``gender: "x"`` passes it), so the required code sets of the
+elements concord writes are checked here, offline, from the R4 ValueSets.
+
+    ValidationFailure    the resource is not valid FHIR R4 / UK Core; ``reason`` is stable
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+NHS_NUMBER_SYSTEM: Final = "https://fhir.nhs.uk/Id/nhs-number"
+VERIFICATION_URL: Final = (
+    "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus"
+)
+VERIFICATION_SYSTEM: Final = "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusEngland"
+UKCORE_PATIENT: Final = "https://fhir.hl7.org.uk/StructureDefinition/UKCore-Patient"
+UKCORE_CAREPLAN: Final = "https://fhir.hl7.org.uk/StructureDefinition/UKCore-CarePlan"
+
+#: Required bindings (FHIR R4 / UK Core) on the elements concord maps, as code sets.
+REQUIRED_CODES: Final[dict[str, frozenset[str]]] = {
+    "Patient.gender": frozenset({"male", "female", "other", "unknown"}),
+    "CarePlan.status": frozenset(
+        {"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"}
+    ),
+    "CarePlan.intent": frozenset({"proposal", "plan", "order", "option"}),
+    "CarePlan.activity.detail.status": frozenset(
+        {
+            "not-started",
+            "scheduled",
+            "in-progress",
+            "on-hold",
+            "completed",
+            "cancelled",
+            "stopped",
+            "unknown",
+            "entered-in-error",
+        }
+    ),
+    "CarePlan.activity.detail.kind": frozenset(
+        {
+            "Appointment",
+            "CommunicationRequest",
+            "DeviceRequest",
+            "MedicationRequest",
+            "NutritionOrder",
+            "Task",
+            "ServiceRequest",
+            "VisionPrescription",
+        }
+    ),
+    "Patient.identifier.nhsNumber.verificationStatus": frozenset(f"0{n}" for n in range(1, 9)),
+}
+
+
+class ValidationFailure(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def validate(resource: Mapping[str, Any]) -> None:
+    """Raise ValidationFailure unless ``resource`` is valid. Costs one fhir.resources parse."""
+    resource_type = resource.get("resourceType")
+    if not isinstance(resource_type, str):
+        raise ValidationFailure("fhir-invalid", "resourceType missing")
+    try:
+        model = get_fhir_model_class(resource_type)
+    except KeyError as exc:
+        raise ValidationFailure("fhir-unsupported-type", f"unknown resourceType {resource_type}") from exc
+    try:
+        model.model_validate(resource)
+    except ValidationError as exc:
+        raise ValidationFailure("fhir-invalid", _summarise(exc)) from exc
+    for problem in code_problems(resource):
+        raise ValidationFailure("code-not-in-value-set", problem)
+
+
+def _summarise(exc: ValidationError) -> str:
+    """Where and what, without the offending values (they may be patient data)."""
+    parts = []
+    for err in exc.errors()[:3]:
+        location = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{location}: {err.get('type', 'invalid')}")
+    return "; ".join(parts)
+
+
+def code_problems(resource: Mapping[str, Any]) -> Iterator[str]:
+    """The required-binding problems of a Patient or CarePlan (nothing for other types)."""
+    rt = resource.get("resourceType")
+    if rt == "Patient":
+        yield from _check("Patient.gender", resource.get("gender"))
+        nhs = [i for i in resource.get("identifier", ()) if i.get("system") == NHS_NUMBER_SYSTEM]
+        if len(nhs) > 1:
+            yield "Patient.identifier: more than one NHS number (UK Core allows 0..1)"
+        for ident in nhs:
+            if not ident.get("value"):
+                yield "Patient.identifier:nhsNumber.value is required"
+            for ext in ident.get("extension", ()):
+                if ext.get("url") != VERIFICATION_URL:
+                    continue
+                for coding in ext.get("valueCodeableConcept", {}).get("coding", ()):
+                    if coding.get("system") == VERIFICATION_SYSTEM:
+                        yield from _check(
+                            "Patient.identifier.nhsNumber.verificationStatus", coding.get("code")
+                        )
+    elif rt == "CarePlan":
+        yield from _check("CarePlan.status", resource.get("status"), required=True)
+        yield from _check("CarePlan.intent", resource.get("intent"), required=True)
+        if not resource.get("subject"):
+            yield "CarePlan.subject is required"
+        for activity in resource.get("activity", ()):
+            detail = activity.get("detail")
+            if detail:
+                yield from _check("CarePlan.activity.detail.status", detail.get("status"), required=True)
+                yield from _check("CarePlan.activity.detail.kind", detail.get("kind"))
+
+
+def _check(element: str, value: Any, required: bool = False) -> Iterator[str]:
+    if value is None:
+        if required:
+            yield f"{element} is required"
+        return
+    if value not in REQUIRED_CODES[element]:
+        yield f"{element}: code not in the required value set"
