@@ -20,6 +20,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".concord")
     database_url: str | None = None
+    #: PostgreSQL schema to use (search_path); unset: the server's default (public).
+    database_schema: str | None = None
     redis_url: str | None = None
     hie_url: str | None = None
     #: Secret that keys resource ids (HMAC), so an id in a URL does not reveal an NHS number.

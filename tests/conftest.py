@@ -1,0 +1,93 @@
+"""Test-wide fixtures: a clean environment, settings on a temporary data dir, and the real services.
+
+PostgreSQL and Redis are real servers (127.0.0.1). Outside CI a test that needs
+one skips when it is down; in CI (``CI=true``) it fails, so a missing service
+can never turn the suite green.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from gateway.bootstrap import Services, bootstrap
+from gateway.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FIXTURES = SHARED / "fixtures"
+TEST_ID_KEY = "0123456789abcdef0123456789abcdef"
+POSTGRES_URL = os.environ.get("CONCORD_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("CONCORD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def need_service(name: str, host: str, port: int) -> None:
+    """Skip (locally) or fail (in CI) unless ``host:port`` accepts connections."""
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return
+    except OSError:
+        message = f"{name} at {host}:{port} is not reachable"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: services are required)")
+        pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No CONCORD_* setting leaks in from the developer's shell."""
+    for key in list(os.environ):
+        if key.startswith("CONCORD_") and not key.startswith("CONCORD_TEST_"):
+            monkeypatch.delenv(key)
+    yield
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", id_key=TEST_ID_KEY, ingest_batch_size=50)
+
+
+@pytest.fixture
+async def postgres_settings(tmp_path: Path) -> AsyncIterator[Settings]:
+    """A fresh schema per test on the real PostgreSQL service, dropped afterwards."""
+    need_service("PostgreSQL", "127.0.0.1", 5432)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(POSTGRES_URL)
+    async with admin.begin() as conn:
+        await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield Settings(
+            data_dir=tmp_path / "data",
+            database_url=POSTGRES_URL,
+            database_schema=schema,
+            id_key=TEST_ID_KEY,
+            ingest_batch_size=50,
+        )
+    finally:
+        async with admin.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        await admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_settings(request: pytest.FixtureRequest) -> Settings:
+    """The same test on the embedded default and on PostgreSQL."""
+    settings: Settings = request.getfixturevalue(f"{request.param}_settings")
+    return settings
+
+
+@pytest.fixture
+async def services(store_settings: Settings) -> AsyncIterator[Services]:
+    built = await bootstrap(store_settings)
+    try:
+        yield built
+    finally:
+        await built.close()
