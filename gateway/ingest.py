@@ -33,7 +33,7 @@ from gateway.store.schema import ingest_runs, unknown_codes
 from gateway.store.versioning import content_hash, now, stamp
 from mappings.engine import MappingError
 from mappings.mapper import MappedRecord, Mapper, provenance
-from mappings.shared_view import Contribution, merge
+from mappings.shared_view import Conflict, Contribution, merge
 from mappings.validate import UKCORE_PATIENT, ValidationFailure, validate
 
 ProgressFn = Callable[[int], None]
@@ -70,6 +70,8 @@ class _Batch:
     warnings: dict[tuple[str, str, str], int] = field(default_factory=dict)
     #: Resource keys whose current version was looked up for this batch (absent from ``current``: new).
     loaded: set[Key] = field(default_factory=set)
+    #: Conflicts found for each rebuilt person (empty list: none any more).
+    conflicts: dict[str, list[Conflict]] = field(default_factory=dict)
 
 
 class Ingestor:
@@ -145,6 +147,7 @@ class Ingestor:
         await people.save_contributions(conn, list(batch.contributions.values()))
         for number in sorted(batch.touched):
             await self._rebuild_person(conn, number, by_person.get(number, {}), current, batch)
+        await people.set_conflicts(conn, batch.conflicts, batch.when)
         await write_versions(conn, batch.versions)
         await self._write_quality(conn, batch)
         if replay_of is None:
@@ -324,7 +327,7 @@ class Ingestor:
             )
             current[key] = Current(version_id, rhash)
             batch.report.count_resource(key[0], "new" if version_id == 1 else "changed")
-        await people.set_conflicts(conn, nhs_number, found, batch.when)
+        batch.conflicts[nhs_number] = found
         for conflict in found:
             batch.report.conflicts[conflict.element] += 1
 

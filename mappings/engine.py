@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -137,6 +138,8 @@ class _Scope:
 
 
 def _dig(data: Any, dotted: str) -> Any:
+    if "." not in dotted:
+        return data.get(dotted) if isinstance(data, Mapping) else None
     for part in dotted.split("."):
         if not isinstance(data, Mapping):
             return None
@@ -291,36 +294,46 @@ def _render(template: str, scope: _Scope) -> str | None:
     return rendered.strip() or None
 
 
-def _set(target: dict[str, Any], path: str, value: Any) -> None:
-    parts = path.split(".")
-    node: Any = target
-    for n, part in enumerate(parts):
+@lru_cache(maxsize=4096)
+def _parse_path(path: str) -> tuple[tuple[str, int | None, bool], ...]:
+    """``a.b[0].c[]`` → ((a, None, False), (b, 0, False), (c, None, True)): name, index, append."""
+    parts = []
+    for part in path.split("."):
         m = _PATH_PART.fullmatch(part)
         if m is None:
             raise ValueError(f"bad element path {path!r}")
-        name, index = m.group(1), m.group(2)
-        last = n == len(parts) - 1
-        if index is None:
+        index = m.group(2)
+        parts.append((m.group(1), int(index) if index else None, index == ""))
+    return tuple(parts)
+
+
+def _set(target: dict[str, Any], path: str, value: Any) -> None:
+    parts = _parse_path(path)
+    node: Any = target
+    last_n = len(parts) - 1
+    for n, (name, index, append) in enumerate(parts):
+        last = n == last_n
+        if index is None and not append:
             if last:
                 node[name] = value
             else:
                 node = node.setdefault(name, {})
             continue
         seq = node.setdefault(name, [])
-        if index == "":
+        if append:
             if last:
                 seq.extend(value) if isinstance(value, list) else seq.append(value)
                 return
             seq.append({})
             node = seq[-1]
             continue
-        i = int(index)
-        while len(seq) <= i:
+        assert index is not None
+        while len(seq) <= index:
             seq.append({})
         if last:
-            seq[i] = value
+            seq[index] = value
         else:
-            node = seq[i]
+            node = seq[index]
 
 
 def _text(value: Any) -> str | None:
@@ -359,6 +372,11 @@ def parse_date(value: Any) -> date | None:
     text = _text(value)
     if text is None:
         return None
+    if len(text) == 10 and text[4] == "-":
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            return None
     if len(text) > 8 and text[:8].isdigit() and "-" not in text:
         text = text[:8]  # HL7 TS: date part of YYYYMMDDhhmmss
     elif "T" in text:

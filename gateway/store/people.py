@@ -96,21 +96,22 @@ async def retire_contribution(conn: AsyncConnection, source: str, local_id: str)
 
 
 async def set_conflicts(
-    conn: AsyncConnection, nhs_number: str, found: Sequence[Conflict], when: datetime
+    conn: AsyncConnection, found: dict[str, Sequence[Conflict]], when: datetime
 ) -> None:
-    """Make the stored conflicts of one person exactly ``found``."""
-    await conn.execute(delete(conflicts).where(conflicts.c.nhs_number == nhs_number))
-    if found:
-        await conn.execute(
-            conflicts.insert(),
-            [
-                {
-                    "nhs_number": nhs_number,
-                    "element": c.element,
-                    "sources": ",".join(c.sources),
-                    "distinct_values": c.distinct_values,
-                    "detected_at": when,
-                }
-                for c in found
-            ],
-        )
+    """Make the stored conflicts of each person in ``found`` exactly what it lists."""
+    numbers = sorted(found)
+    for start in range(0, len(numbers), 500):
+        await conn.execute(delete(conflicts).where(conflicts.c.nhs_number.in_(numbers[start : start + 500])))
+    rows = [
+        {
+            "nhs_number": number,
+            "element": c.element,
+            "sources": ",".join(c.sources),
+            "distinct_values": c.distinct_values,
+            "detected_at": when,
+        }
+        for number in numbers
+        for c in found[number]
+    ]
+    if rows:
+        await conn.execute(conflicts.insert(), rows)
