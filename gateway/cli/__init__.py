@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from gateway.cli import data, ingest, mappings, quarantine, synth
+from gateway.cli import data, demo, ingest, mappings, quarantine, synth
 from gateway.report import EXIT_FAILED
 
 
@@ -20,6 +20,7 @@ def cli() -> None:
     """
 
 
+cli.add_command(demo.demo)
 cli.add_command(synth.synth)
 cli.add_command(ingest.ingest)
 cli.add_command(data.export)
