@@ -88,9 +88,13 @@ def peak_rss_of_ingest(extract: Path, data_dir: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--people", type=int, default=100_000)
-    parser.add_argument("--memory", default="", help="comma-separated extract sizes in people, e.g. 10000,1000000")
+    parser.add_argument(
+        "--memory", default="", help="comma-separated extract sizes in people, e.g. 10000,1000000"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -101,7 +105,8 @@ def main() -> None:
             print(
                 f"ingest {result['rows']:.0f} GP rows ({result['resources']:.0f} resources stored): "
                 f"{result['ingest_rows_per_s']:.0f} rows/s; floor (model_validate only) "
-                f"{result['floor_rows_per_s']:.0f} rows/s; ingest/floor = {result['ratio']:.2f}x (target >= 0.5x)"
+                f"{result['floor_rows_per_s']:.0f} rows/s; "
+                f"ingest/floor = {result['ratio']:.2f}x (target >= 0.5x)"
             )
         sizes = [int(s) for s in args.memory.split(",") if s.strip()]
         peaks = {}

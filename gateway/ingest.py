@@ -357,7 +357,9 @@ class Ingestor:
                     source=source, input_name=input_name[:255], started_at=self.clock()
                 )
             )
-            return int(result.inserted_primary_key[0])
+            key = result.inserted_primary_key
+            assert key is not None
+            return int(key[0])
 
     async def _finish_run(self, report: IngestReport) -> None:
         async with self.engine.begin() as conn:

@@ -158,7 +158,7 @@ class Engine:
         self.tables = tables
         self._transforms: dict[str, Callable[[Any, str, _Scope, Rule], Any]] = {
             "text": lambda v, a, s, r: _text(v),
-            "upper": lambda v, a, s, r: _text(v).upper() if _text(v) else None,
+            "upper": lambda v, a, s, r: (_text(v) or "").upper() or None,
             "date": lambda v, a, s, r: _date(v, r),
             "datetime": lambda v, a, s, r: _datetime(v, r),
             "split": lambda v, a, s, r: _split(v, a or ","),

@@ -22,7 +22,7 @@ EXPORT_TYPES = ("Patient", "CarePlan", "Provenance")
 @click.command()
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 def export(out_dir: Path) -> None:
-    """Write FHIR bulk-data NDJSON: Patient.ndjson, CarePlan.ndjson, Provenance.ndjson (one resource a line)."""
+    """Write FHIR bulk-data NDJSON: Patient.ndjson, CarePlan.ndjson, Provenance.ndjson."""
     out_dir.mkdir(parents=True, exist_ok=True)
 
     async def body(services: Services) -> dict[str, int]:
@@ -76,14 +76,21 @@ def quality(as_json: bool) -> None:
                 )
             ).all()
             codes = (
-                await conn.execute(
-                    select(unknown_codes).order_by(unknown_codes.c.source, unknown_codes.c.occurrences.desc())
+                (
+                    await conn.execute(
+                        select(unknown_codes).order_by(
+                            unknown_codes.c.source, unknown_codes.c.occurrences.desc()
+                        )
+                    )
                 )
-            ).mappings().all()
+                .mappings()
+                .all()
+            )
             people = (
                 await conn.execute(
-                    select(contributions.c.source, func.count(func.distinct(contributions.c.nhs_number)))
-                    .group_by(contributions.c.source)
+                    select(
+                        contributions.c.source, func.count(func.distinct(contributions.c.nhs_number))
+                    ).group_by(contributions.c.source)
                 )
             ).all()
             held = await quarantine_store.counts(conn)
@@ -91,10 +98,17 @@ def quality(as_json: bool) -> None:
             "people_by_source": {s: n for s, n in people},
             "conflicts": [{"element": e, "sources": s.split(","), "people": n} for e, s, n in conflict_rows],
             "unknown_codes": [
-                {"source": r["source"], "field": r["field"], "detail": r["detail"], "occurrences": r["occurrences"]}
+                {
+                    "source": r["source"],
+                    "field": r["field"],
+                    "detail": r["detail"],
+                    "occurrences": r["occurrences"],
+                }
                 for r in codes
             ],
-            "quarantine_open": [{"source": s, "reason": r, "records": n} for (s, r), n in sorted(held.items())],
+            "quarantine_open": [
+                {"source": s, "reason": r, "records": n} for (s, r), n in sorted(held.items())
+            ],
         }
 
     report = run(body)

@@ -90,9 +90,10 @@ def print_summary(report: IngestReport) -> None:
     if d["conflicts_by_element"]:
         lines.append("  people with conflicting demographics (see `concord quality`)")
         lines += [f"    {element:<28} {n}" for element, n in d["conflicts_by_element"].items()]
-    lines.append("  resources " + ", ".join(
-        f"{t}: " + " ".join(f"{k} {v}" for k, v in c.items()) for t, c in d["resources"].items()
-    ))
+    lines.append(
+        "  resources "
+        + ", ".join(f"{t}: " + " ".join(f"{k} {v}" for k, v in c.items()) for t, c in d["resources"].items())
+    )
     if report.quarantined_total:
         lines.append(f"  see: concord quarantine list --source {report.source}")
     click.echo("\n".join(lines))

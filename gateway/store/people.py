@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -95,9 +95,7 @@ async def retire_contribution(conn: AsyncConnection, source: str, local_id: str)
     return numbers
 
 
-async def set_conflicts(
-    conn: AsyncConnection, found: dict[str, Sequence[Conflict]], when: datetime
-) -> None:
+async def set_conflicts(conn: AsyncConnection, found: Mapping[str, Sequence[Conflict]], when: datetime) -> None:
     """Make the stored conflicts of each person in ``found`` exactly what it lists."""
     numbers = sorted(found)
     for start in range(0, len(numbers), 500):

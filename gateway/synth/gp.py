@@ -53,7 +53,8 @@ def write_gp(people: Iterable[Person], out: TextIO, rng: random.Random, defects:
     rows = 0
     for person in people:
         opt_out = rng.choice(OPT_OUT_CODES) if rng.random() < 0.02 else ""
-        for plan in _plans(person, rng) or [None]:
+        plans: list[dict[str, str] | None] = [*_plans(person, rng)] or [None]
+        for plan in plans:
             row = _row(person, plan, opt_out)
             defect = defects.pick("gp", GP_DEFECTS if plan else DEMOGRAPHIC_DEFECTS)
             if defect == "truncated":
