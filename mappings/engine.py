@@ -57,6 +57,11 @@ class Rule:
     each: tuple[Rule, ...] = ()
     on_unknown: str = "quarantine"
     note: str = ""
+    #: Used when the field is empty (before transforms): a source's documented default.
+    default: Any = None
+    #: Fields of which at least one must be non-empty for the rule to apply (constants that
+    #: only make sense beside data, e.g. ``name[0].use``).
+    when: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> Rule:
@@ -76,6 +81,8 @@ class Rule:
             each=tuple(cls.parse(r) for r in raw.get("each", ())),
             on_unknown=raw.get("on_unknown", "quarantine"),
             note=raw.get("note", ""),
+            default=raw.get("default"),
+            when=(raw["when"],) if isinstance(raw.get("when"), str) else tuple(raw.get("when", ())),
         )
 
 
@@ -216,6 +223,8 @@ class Engine:
                     if element:
                         _set(target, rule.element, element)
                 continue
+            if rule.when and all(_empty(scope.get(name)) for name in rule.when):
+                continue
             value = self._value(rule, scope)
             if _empty(value):
                 if rule.required:
@@ -231,6 +240,8 @@ class Engine:
             value = _render(rule.template, scope)
         else:
             value = rule.value
+        if rule.default is not None and _empty(value):
+            value = rule.default
         for t in rule.transform:
             if _empty(value):
                 return None
