@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from datetime import date, datetime
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -228,7 +228,9 @@ class Engine:
             value = self._value(rule, scope)
             if _empty(value):
                 if rule.required:
-                    reason = "nhs-number-missing" if "nhs-number" in rule.transform else "required-field-missing"
+                    reason = (
+                        "nhs-number-missing" if "nhs-number" in rule.transform else "required-field-missing"
+                    )
                     raise MappingError(MappingIssue(reason, rule.field, f"{rule.field} is required"))
                 continue
             _set(target, rule.element, value)
