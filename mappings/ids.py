@@ -24,7 +24,7 @@ class IdMaker:
         self._key = key
 
     def make(self, kind: str, *parts: str) -> str:
-        message = "\x1f".join((kind, *parts)).encode()
+        message = "\x1f".join((kind, *parts)).encode("utf-8", "surrogatepass")
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:32]
 
     def patient(self, nhs_number: str) -> str:

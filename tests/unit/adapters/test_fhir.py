@@ -1,0 +1,361 @@
+"""The FHIR Bundle adapter: grouping per person, reference forms, every RecordError reason, replay."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.fhir import FhirBundleAdapter
+from adapters.records import AdapterError, Item, RecordError, SourceRecord
+from mappings import nhs_number
+
+REPO = Path(__file__).resolve().parents[3]
+FIXTURES = REPO / ".." / "shared" / "fixtures"
+UKCORE = FIXTURES / "ukcore-examples" / "json"
+R4 = FIXTURES / "r4-examples"
+NHS = "https://fhir.nhs.uk/Id/nhs-number"
+ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
+TEST_NUMBER = "9990000018"
+
+
+def load(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def richard() -> dict[str, Any]:
+    return load(UKCORE / "UKCore-Patient-RichardSmith-Example.json")
+
+
+def wellness_plan() -> dict[str, Any]:
+    return load(UKCORE / "UKCore-CarePlan-WellnessPlan-Example.json")
+
+
+def entry(resource: Any, full_url: str | None = None, method: str | None = "POST") -> dict[str, Any]:
+    out: dict[str, Any] = {"resource": resource}
+    if full_url:
+        out["fullUrl"] = full_url
+    if method and isinstance(resource, dict):
+        out["request"] = {"method": method, "url": resource.get("resourceType", "")}
+    return out
+
+
+def bundle(*entries: Any, kind: str = "transaction", **extra: Any) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": kind, **extra, "entry": list(entries)}
+
+
+def read(data: dict[str, Any] | bytes | str, adapter: FhirBundleAdapter | None = None) -> list[Item]:
+    raw = data if isinstance(data, bytes | str) else json.dumps(data)
+    stream = io.BytesIO(raw.encode() if isinstance(raw, str) else raw)
+    return list((adapter or FhirBundleAdapter()).read(stream))
+
+
+def records(items: list[Item]) -> list[SourceRecord]:
+    return [i for i in items if isinstance(i, SourceRecord)]
+
+
+def errors(items: list[Item]) -> list[RecordError]:
+    return [i for i in items if isinstance(i, RecordError)]
+
+
+def with_number(patient: dict[str, Any], number: str = TEST_NUMBER) -> dict[str, Any]:
+    patient = copy.deepcopy(patient)
+    patient["identifier"] = [{"system": NHS, "value": number}]
+    return patient
+
+
+def test_ukcore_patient_and_its_care_plan_are_one_record() -> None:
+    assert nhs_number.is_valid("9912003888")  # the UK Core example's number passes Modulus 11
+    items = read(
+        bundle(
+            entry(wellness_plan(), "urn:uuid:5b0f41bb-3c1f-4b3a-9f0c-000000000001"),
+            entry(richard(), "urn:uuid:5b0f41bb-3c1f-4b3a-9f0c-000000000002", "PUT"),
+            timestamp="2026-03-01T09:30:00+00:00",
+        )
+    )
+    [record] = items
+    assert isinstance(record, SourceRecord)
+    assert (record.source, record.location) == ("fhir", "entry 1")
+    assert record.local_id == "Patient/UKCore-Patient-RichardSmith-Example"
+    fields = record.fields
+    assert fields["nhs_number"] == "9912003888"
+    assert fields["nhs_number_status"] == "01"
+    assert fields["nhs_number_verification"] == ["01"]
+    assert fields["patient"] == richard()
+    assert fields["recorded_at"] == "2026-03-01T09:30:00+00:00"
+    assert fields["source_ods"] == ""
+    [plan] = fields["care_plans"]
+    assert plan["local_id"] == "CarePlan/UKCore-CarePlan-WellnessPlan-Example"
+    assert plan["status"] == "active"
+
+
+def test_references_to_the_person_become_references_by_nhs_number() -> None:
+    [record] = records(read(bundle(entry(richard()), entry(wellness_plan()))))
+    [plan] = record.fields["care_plans"]
+    by_number = {"system": NHS, "value": "9912003888"}
+    assert plan["subject"] == {"type": "Patient", "identifier": by_number, "display": "Richard SMITH"}
+    assert plan["activity"][0]["detail"]["performer"] == [{"type": "Patient", "identifier": by_number}]
+    # what was sent is kept for replay untouched
+    assert "Patient/UKCore-Patient-RichardSmith-Example" in record.raw
+
+
+@pytest.mark.parametrize(
+    ("subject", "full_url"),
+    [
+        (
+            {"reference": "urn:uuid:0d2f7c61-7d37-4c55-8c5c-1f1f1f1f1f1f"},
+            "urn:uuid:0d2f7c61-7d37-4c55-8c5c-1f1f1f1f1f1f",
+        ),
+        ({"reference": "Patient/p1"}, "https://sender.example.nhs.uk/fhir/Patient/p1"),
+        ({"reference": "Patient/p1/_history/3"}, "https://sender.example.nhs.uk/fhir/Patient/p1"),
+        (
+            {"reference": "https://sender.example.nhs.uk/fhir/Patient/p1"},
+            "https://sender.example.nhs.uk/fhir/Patient/p1",
+        ),
+        (
+            {"reference": f"Patient?identifier={NHS}|{TEST_NUMBER}"},
+            "urn:uuid:0d2f7c61-7d37-4c55-8c5c-1f1f1f1f1f1f",
+        ),
+        ({"reference": f"Patient?identifier={NHS}%7C999%20000%200018"}, None),
+        ({"identifier": {"system": NHS, "value": TEST_NUMBER}}, None),
+    ],
+)
+def test_every_reference_form_groups_the_plan_with_its_patient(
+    subject: dict[str, Any], full_url: str | None
+) -> None:
+    patient = with_number({"resourceType": "Patient", "gender": "female"})
+    plan = {"resourceType": "CarePlan", "status": "active", "intent": "plan", "subject": subject}
+    items = read(
+        bundle(entry(patient, full_url), entry(plan, "urn:uuid:7e0c7d2e-0000-4000-8000-000000000001"))
+    )
+    [record] = items
+    assert isinstance(record, SourceRecord)
+    assert record.location == "entry 0"
+    assert len(record.fields["care_plans"]) == 1
+
+
+def test_patient_by_id_when_full_url_is_a_placeholder() -> None:
+    patient = with_number({"resourceType": "Patient", "id": "p1"})
+    plan = {
+        "resourceType": "CarePlan",
+        "status": "active",
+        "intent": "plan",
+        "subject": {"reference": "Patient/p1"},
+    }
+    [record] = records(
+        read(bundle(entry(plan), entry(patient, "urn:uuid:1c0e7a56-0000-4000-8000-000000000002")))
+    )
+    assert len(record.fields["care_plans"]) == 1
+
+
+def test_plans_naming_only_an_nhs_number_form_a_record_of_their_own() -> None:
+    plan = {
+        "resourceType": "CarePlan",
+        "identifier": [{"system": "https://sender.example/care-plan", "value": "CP-7"}],
+        "status": "active",
+        "intent": "plan",
+        "subject": {"reference": f"Patient?identifier={NHS}|{TEST_NUMBER}"},
+    }
+    second = {**plan, "identifier": [{"value": "CP-8"}]}
+    [record] = read(bundle(entry(plan), entry(second)))
+    assert isinstance(record, SourceRecord)
+    assert (record.location, record.local_id) == ("entry 0", TEST_NUMBER)
+    assert record.fields["nhs_number"] == TEST_NUMBER
+    assert record.fields["patient"] is None
+    assert [p["local_id"] for p in record.fields["care_plans"]] == [
+        "https://sender.example/care-plan|CP-7",
+        "CP-8",
+    ]
+
+
+def test_local_ids_prefer_stable_ids_over_placeholders() -> None:
+    no_id = with_number({"resourceType": "Patient"})
+    plan = {
+        "resourceType": "CarePlan",
+        "status": "active",
+        "intent": "plan",
+        "subject": {"reference": "urn:uuid:a"},
+    }
+    [record] = records(read(bundle(entry(no_id, "urn:uuid:a"), entry(plan, "urn:uuid:b"))))
+    assert record.local_id == TEST_NUMBER  # a urn:uuid lives for one Bundle; the NHS number does not change
+    assert record.fields["care_plans"][0]["local_id"] == "urn:uuid:b"
+    [record] = records(read(bundle(entry(no_id, "https://sender.example/fhir/Patient/9"))))
+    assert record.local_id == "https://sender.example/fhir/Patient/9"
+    long_url = "https://sender.example/fhir/" + "x" * 200 + "/Patient/9"
+    [record] = records(read(bundle(entry(no_id, long_url))))
+    assert record.local_id.startswith("sha256:") and len(record.local_id) <= 128
+
+
+def test_source_ods_from_meta_source_and_the_authenticated_sender() -> None:
+    meta = {"source": f"{ODS}|y90001", "lastUpdated": "2026-02-01T00:00:00Z"}
+    data = bundle(entry(with_number({"resourceType": "Patient", "id": "p1"})), meta=meta)
+    [record] = records(read(data))
+    assert record.fields["source_ods"] == "Y90001"
+    assert record.fields["recorded_at"] == "2026-02-01T00:00:00Z"
+    assert record.local_id == "Patient/p1@Y90001"  # two senders' "p1" cannot collide
+    [record] = records(read(data, FhirBundleAdapter(sender_ods="A81001")))
+    assert record.fields["source_ods"] == "A81001"
+    for source in ("https://sender.example/fhir", f"{ODS}|not an ods code", "Y90001"):
+        [record] = records(
+            read(bundle(entry(with_number({"resourceType": "Patient"})), meta={"source": source}))
+        )
+        assert record.fields["source_ods"] == ""
+
+
+@pytest.mark.parametrize("kind", ["transaction", "batch", "collection"])
+def test_bundle_types(kind: str) -> None:
+    assert (
+        len(
+            records(
+                read(bundle(entry(richard(), method=None if kind == "collection" else "POST"), kind=kind))
+            )
+        )
+        == 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"", "not JSON"),
+        (b"{not json", "not JSON"),
+        (b"\xff\xfe{}", "UTF-8"),
+        (b"[]", "not a FHIR Bundle"),
+        (json.dumps(richard()).encode(), "not a FHIR Bundle"),
+        (json.dumps(bundle(kind="searchset")).encode(), "Bundle.type"),
+        (json.dumps({"resourceType": "Bundle", "type": "batch", "entry": {}}).encode(), "Bundle.entry"),
+    ],
+)
+def test_unreadable_input_is_an_adapter_error(raw: bytes, message: str) -> None:
+    with pytest.raises(AdapterError, match=message):
+        read(raw)
+
+
+def test_a_bundle_over_the_size_limit_is_refused() -> None:
+    data = json.dumps(bundle(entry(richard())))
+    with pytest.raises(AdapterError, match="larger than"):
+        read(data, FhirBundleAdapter(max_chars=len(data) - 1))
+    assert len(read(data, FhirBundleAdapter(max_chars=len(data)))) == 1
+
+
+def test_entry_errors_keep_their_place_and_the_rest_is_read() -> None:
+    observation = {"resourceType": "Observation", "status": "final", "code": {"text": "weight"}}
+    provenance = {"resourceType": "Provenance", "target": [{"reference": "Patient/p1"}]}
+    unresolved = {
+        "resourceType": "CarePlan",
+        "status": "active",
+        "intent": "plan",
+        "subject": {"reference": "Patient/zz"},
+    }
+    not_a_patient = {**unresolved, "subject": {"reference": "Group/g1"}}
+    items = read(
+        bundle(
+            "not an object",
+            {"fullUrl": "urn:uuid:x"},
+            entry({"id": "no-type"}),
+            {"request": {"method": "DELETE", "url": f"Patient?identifier={NHS}|{TEST_NUMBER}"}},
+            entry(observation),
+            entry(provenance),
+            entry(richard()),
+            entry(unresolved),
+            entry(not_a_patient),
+            entry({"resourceType": "CarePlan", "status": "active", "intent": "plan"}),
+        )
+    )
+    got = [(i.location, i.reason if isinstance(i, RecordError) else "record") for i in items]
+    assert got == [
+        ("entry 0", "fhir-invalid-entry"),
+        ("entry 1", "fhir-invalid-entry"),
+        ("entry 2", "fhir-invalid-entry"),
+        ("entry 3", "fhir-delete-not-supported"),
+        ("entry 4", "fhir-unsupported-resource"),
+        ("entry 6", "record"),
+        ("entry 7", "fhir-unresolved-reference"),
+        ("entry 8", "fhir-unresolved-reference"),
+        ("entry 9", "fhir-unresolved-reference"),
+    ]
+    assert errors(items)[4].detail.startswith("Observation entries are not accepted")
+
+
+def test_ambiguous_and_conflicting_nhs_numbers_are_not_guessed() -> None:
+    twin = {"resourceType": "Patient", "identifier": [{"system": NHS, "value": TEST_NUMBER}]}
+    plan = {
+        "resourceType": "CarePlan",
+        "status": "active",
+        "intent": "plan",
+        "subject": {"reference": f"Patient?identifier={NHS}|{TEST_NUMBER}"},
+    }
+    items = read(bundle(entry(twin), entry(twin), entry(plan)))
+    assert [i.reason for i in errors(items)] == ["fhir-unresolved-reference"]
+    assert "more than one" in errors(items)[0].detail
+    two = {
+        "resourceType": "Patient",
+        "identifier": [{"system": NHS, "value": TEST_NUMBER}, {"system": NHS, "value": "9990000026"}],
+    }
+    [error] = read(bundle(entry(two)))
+    assert isinstance(error, RecordError) and error.reason == "fhir-nhs-number-conflict"
+
+
+def test_no_patient_data_in_error_details() -> None:
+    plan = {
+        "resourceType": "CarePlan",
+        "status": "active",
+        "intent": "plan",
+        "subject": {"reference": "Patient/Smith-9990000018"},
+    }
+    for item in read(
+        bundle(
+            entry(plan), {"request": {"method": "DELETE", "url": f"Patient?identifier={NHS}|{TEST_NUMBER}"}}
+        )
+    ):
+        assert isinstance(item, RecordError)
+        assert TEST_NUMBER not in item.detail and "Smith" not in item.detail
+        assert TEST_NUMBER in item.raw  # the raw entry is kept for replay
+
+
+def test_every_item_rereads_from_its_raw() -> None:
+    meta = {"source": f"{ODS}|Y90001"}
+    plan_only = {
+        "resourceType": "CarePlan",
+        "status": "active",
+        "intent": "plan",
+        "subject": {"identifier": {"system": NHS, "value": "9990000026"}},
+    }
+    data = bundle(
+        entry(wellness_plan()),
+        entry({"resourceType": "Observation"}),
+        entry(richard(), "urn:uuid:ab"),
+        entry(plan_only),
+        meta=meta,
+        timestamp="2026-01-01T00:00:00Z",
+    )
+    items = read(data, FhirBundleAdapter(sender_ods="A81001"))
+    assert len(items) == 3
+    adapter = FhirBundleAdapter()  # replay runs without the request's sender: the raw keeps it
+    for item in items:
+        assert list(adapter.reread(item.raw, item.location)) == [item]
+
+
+def test_text_stream_with_bom() -> None:
+    text = "\ufeff" + json.dumps(bundle(entry(richard())))
+    assert len(list(FhirBundleAdapter().read(io.StringIO(text.lstrip("\ufeff"))))) == 1
+    assert len(list(FhirBundleAdapter().read(io.BytesIO(text.encode())))) == 1
+
+
+EXAMPLE_PATIENTS = sorted(R4.glob("Patient-*.json")) + sorted(
+    p for p in UKCORE.glob("*.json") if "CarePlan" not in p.name
+)
+
+
+@pytest.mark.parametrize("path", EXAMPLE_PATIENTS, ids=lambda p: p.name)
+def test_every_example_patient_is_a_record(path: Path) -> None:
+    patient = load(path)
+    [record] = read(bundle(entry(patient, f"urn:uuid:{path.stem}")))
+    assert isinstance(record, SourceRecord)
+    assert record.fields["patient"] == patient
+    assert record.fields["nhs_number"] == ("9912003888" if "RichardSmith" in path.name else "")

@@ -1,0 +1,327 @@
+"""The fhir mapping specs: pushed UK Core and R4 example resources to UK Core Patient, CarePlan and Provenance.
+
+Every mapped record runs through the same invariants: each resource validates,
+ids are unique, the CarePlan's subject is the shared Patient, a ``#`` reference
+names a contained resource, and no other reference names a Patient, CarePlan or
+Provenance (those would be the sender's ids, or someone else's here).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.fhir import FhirBundleAdapter
+from adapters.records import SourceRecord
+from mappings.engine import Engine, MappingError
+from mappings.ids import IdMaker
+from mappings.mapper import MappedRecord, Mapper
+from mappings.specs import load_specs
+from mappings.terminology import load_tables
+from mappings.validate import (
+    NHS_NUMBER_SYSTEM,
+    UKCORE_CAREPLAN,
+    UKCORE_PATIENT,
+    VERIFICATION_SYSTEM,
+    VERIFICATION_URL,
+    ValidationFailure,
+    validate,
+)
+
+REPO = Path(__file__).resolve().parents[3]
+FIXTURES = REPO / ".." / "shared" / "fixtures"
+UKCORE = FIXTURES / "ukcore-examples" / "json"
+R4 = FIXTURES / "r4-examples"
+ODS_SOURCE = "https://fhir.nhs.uk/Id/ods-organization-code|Y90001"
+TEST_NUMBER = "9990000018"
+RECORDED = "2026-01-01T00:00:00+00:00"
+STORED_TYPES = ("Patient/", "CarePlan/", "Provenance/")
+
+
+@pytest.fixture(scope="module")
+def mapper() -> Mapper:
+    return Mapper(load_specs(), Engine(load_tables()), IdMaker(b"0" * 32))
+
+
+def load(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def bundle(*resources: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    entries = [
+        {
+            "fullUrl": f"urn:uuid:00000000-0000-4000-8000-{n:012d}",
+            "resource": r,
+            "request": {"method": "POST"},
+        }
+        for n, r in enumerate(resources)
+    ]
+    return {"resourceType": "Bundle", "type": "transaction", **extra, "entry": entries}
+
+
+def records(data: dict[str, Any]) -> list[SourceRecord]:
+    items = list(FhirBundleAdapter().read(io.BytesIO(json.dumps(data).encode())))
+    assert all(isinstance(i, SourceRecord) for i in items), items
+    return [i for i in items if isinstance(i, SourceRecord)]
+
+
+def map_one(mapper: Mapper, data: dict[str, Any]) -> MappedRecord:
+    [record] = records(data)
+    mapped = mapper.map(record)
+    check(mapped)
+    return mapped
+
+
+def with_number(patient: dict[str, Any], number: str = TEST_NUMBER) -> dict[str, Any]:
+    """A copy with an NHS number: keeping identifier extensions (the verification status example has one)."""
+    patient = copy.deepcopy(patient)
+    idents = [i for i in patient.get("identifier", []) if i.get("system") != NHS_NUMBER_SYSTEM]
+    first = idents.pop(0) if idents and "value" not in idents[0] else {}
+    patient["identifier"] = [{**first, "system": NHS_NUMBER_SYSTEM, "value": number}, *idents]
+    return patient
+
+
+def references(value: Any, path: str = "") -> list[tuple[str, str]]:
+    if isinstance(value, dict):
+        found = [(path, value["reference"])] if isinstance(value.get("reference"), str) else []
+        for key, inner in value.items():
+            found += references(inner, f"{path}.{key}")
+        return found
+    if isinstance(value, list):
+        return [ref for inner in value for ref in references(inner, path)]
+    return []
+
+
+def check(mapped: MappedRecord) -> None:
+    """The invariants every mapped record keeps."""
+    patient = {"resourceType": "Patient", "id": mapped.patient_id, "meta": {"profile": [UKCORE_PATIENT]}}
+    validate({**patient, **mapped.contribution})
+    ids = [(r["resourceType"], r["id"]) for r in mapped.resources]
+    assert len(ids) == len(set(ids))
+    for resource in mapped.resources:
+        resource = copy.deepcopy(resource)
+        if resource["resourceType"] == "Provenance":
+            resource["recorded"] = RECORDED
+        validate(resource)
+        assert resource, "no empty resource"
+        if resource["resourceType"] != "CarePlan":
+            continue
+        assert resource["meta"]["profile"] == [UKCORE_CAREPLAN]
+        assert resource["subject"] == {"reference": f"Patient/{mapped.patient_id}"}
+        contained = {f"#{c['id']}" for c in resource.get("contained", [])}
+        for path, ref in references(resource):
+            if path == ".subject":
+                continue
+            if ref.startswith("#"):
+                assert ref in contained, path
+            assert not ref.startswith(STORED_TYPES), (path, ref)
+
+
+def test_ukcore_patient_and_care_plan(mapper: Mapper) -> None:
+    patient = load(UKCORE / "UKCore-Patient-RichardSmith-Example.json")
+    plan = load(UKCORE / "UKCore-CarePlan-WellnessPlan-Example.json")
+    mapped = map_one(mapper, bundle(plan, patient, meta={"source": ODS_SOURCE}, timestamp=RECORDED))
+    assert (mapped.nhs_number, mapped.source_ods, mapped.recorded) == ("9912003888", "Y90001", RECORDED)
+    body = mapped.contribution
+    [ident] = body["identifier"]
+    assert (ident["system"], ident["value"]) == (NHS_NUMBER_SYSTEM, "9912003888")
+    [status] = ident["extension"]
+    assert status["url"] == VERIFICATION_URL
+    assert status["valueCodeableConcept"]["coding"][0] == {
+        "system": VERIFICATION_SYSTEM,
+        "code": "01",
+        "display": "Number present and verified",
+    }
+    for element in (
+        "extension",
+        "name",
+        "telecom",
+        "gender",
+        "birthDate",
+        "address",
+        "contact",
+        "communication",
+    ):
+        assert body[element] == patient[element], element
+    assert "text" not in body and "id" not in body
+    care_plan, provenance = mapped.resources
+    assert care_plan["resourceType"] == "CarePlan" and provenance["resourceType"] == "Provenance"
+    for element in (
+        "identifier",
+        "basedOn",
+        "partOf",
+        "status",
+        "intent",
+        "category",
+        "description",
+        "period",
+    ):
+        assert care_plan[element] == plan[element], element
+    assert "author" not in care_plan  # a literal reference to the sender's Practitioner: nothing to keep
+    detail = care_plan["activity"][0]["detail"]
+    assert detail["performer"] == [{"identifier": {"system": NHS_NUMBER_SYSTEM, "value": "9912003888"}}]
+    assert detail["location"] == {"display": "Patient's home"}
+    assert provenance["target"] == [{"reference": f"CarePlan/{care_plan['id']}"}]
+    assert provenance["agent"][0]["who"]["identifier"]["value"] == "Y90001"
+
+
+def test_author_by_identifier_is_kept(mapper: Mapper) -> None:
+    plan = load(UKCORE / "UKCore-CarePlan-WellnessPlan-Example.json")
+    author = {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "Y90001"}}
+    plan["author"] = {"reference": "Organization/o1", **author, "display": "Barking Medical Group"}
+    patient = load(UKCORE / "UKCore-Patient-RichardSmith-Example.json")
+    [care_plan, _] = map_one(mapper, bundle(patient, plan)).resources
+    assert care_plan["author"] == {**author, "display": "Barking Medical Group"}
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p for p in UKCORE.glob("*.json") if "CarePlan" not in p.name), ids=lambda p: p.name
+)
+def test_every_ukcore_patient_example_maps_and_validates(mapper: Mapper, path: Path) -> None:
+    patient = load(path)
+    if "RichardSmith" not in path.name:
+        patient = with_number(patient)
+    mapped = map_one(mapper, bundle(patient))
+    assert mapped.resources == []
+    sent = {k: v for k, v in patient.items() if k not in ("resourceType", "id", "text", "identifier", "meta")}
+    assert {k: mapped.contribution[k] for k in sent} == sent
+
+
+@pytest.mark.parametrize("path", sorted(R4.glob("CarePlan-*.json")), ids=lambda p: p.name)
+def test_every_r4_care_plan_maps_and_validates(mapper: Mapper, path: Path) -> None:
+    plan = load(path)
+    patient = with_number(load(R4 / "Patient-example.json"))
+    patient["id"] = plan["subject"]["reference"].removeprefix("Patient/")
+    mapped = map_one(mapper, bundle(plan, patient))
+    [care_plan, _] = mapped.resources
+    for element in ("status", "intent", "contained", "addresses", "goal"):
+        assert care_plan.get(element) == plan.get(element) or element == "contained", element
+    for contained in care_plan.get("contained", []):
+        if "subject" in contained:  # the sender's Patient/... became the person's NHS number
+            assert contained["subject"]["identifier"] == {"system": NHS_NUMBER_SYSTEM, "value": TEST_NUMBER}
+    assert len(care_plan["activity"]) == len(plan["activity"])
+
+
+@pytest.mark.parametrize("path", sorted(R4.glob("Patient-*.json")), ids=lambda p: p.name)
+def test_r4_patients_without_an_nhs_number_are_quarantined(mapper: Mapper, path: Path) -> None:
+    [record] = records(bundle(load(path)))
+    with pytest.raises(MappingError) as caught:
+        mapper.map(record)
+    assert caught.value.issue.reason == "nhs-number-missing"
+    mapped = map_one(mapper, bundle(with_number(load(path))))  # and with one, they map
+    assert mapped.contribution["gender"] == load(path)["gender"]
+
+
+def test_r4_care_plan_with_its_r4_patient_is_quarantined_not_crashed(mapper: Mapper) -> None:
+    [record] = records(bundle(load(R4 / "CarePlan-example.json"), load(R4 / "Patient-example.json")))
+    with pytest.raises(MappingError) as caught:
+        mapper.map(record)
+    assert caught.value.issue.reason == "nhs-number-missing"
+
+
+def test_plans_naming_only_an_nhs_number(mapper: Mapper) -> None:
+    plan = load(UKCORE / "UKCore-CarePlan-WellnessPlan-Example.json")
+    plan["subject"] = {"reference": f"Patient?identifier={NHS_NUMBER_SYSTEM}|999 000 0018"}
+    mapped = map_one(mapper, bundle(plan))
+    # no status was sent: no verification extension (an extension with only a url is invalid)
+    assert mapped.contribution == {"identifier": [{"system": NHS_NUMBER_SYSTEM, "value": TEST_NUMBER}]}
+    assert mapped.local_id == TEST_NUMBER
+    assert [r["resourceType"] for r in mapped.resources] == ["CarePlan", "Provenance"]
+
+
+def test_reposting_with_fresh_placeholders_lands_on_the_same_ids(mapper: Mapper) -> None:
+    patient = load(UKCORE / "UKCore-Patient-RichardSmith-Example.json")
+    plan = load(UKCORE / "UKCore-CarePlan-WellnessPlan-Example.json")
+    first = map_one(mapper, bundle(plan, patient))
+    again = bundle(patient, plan)  # other order, other urn:uuids
+    for n, e in enumerate(again["entry"]):
+        e["fullUrl"] = f"urn:uuid:11111111-0000-4000-8000-{n:012d}"
+    second = map_one(mapper, again)
+    assert (second.patient_id, second.local_id, second.contribution) == (
+        first.patient_id,
+        first.local_id,
+        first.contribution,
+    )
+    assert second.resources == first.resources
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"status": None}, "required-field-missing"),
+        ({"intent": None}, "required-field-missing"),
+    ],
+)
+def test_care_plan_mapping_errors(mapper: Mapper, change: dict[str, Any], reason: str) -> None:
+    plan = {
+        k: v for k, v in load(UKCORE / "UKCore-CarePlan-WellnessPlan-Example.json").items() if k not in change
+    }
+    [record] = records(bundle(load(UKCORE / "UKCore-Patient-RichardSmith-Example.json"), plan))
+    with pytest.raises(MappingError) as caught:
+        mapper.map(record)
+    assert caught.value.issue.reason == reason
+
+
+def test_unknown_verification_status_is_quarantined(mapper: Mapper) -> None:
+    patient = load(UKCORE / "UKCore-Patient-RichardSmith-Example.json")
+    patient["identifier"][0]["extension"][0]["valueCodeableConcept"]["coding"][0]["code"] = "99"
+    [record] = records(bundle(patient))
+    with pytest.raises(MappingError) as caught:
+        mapper.map(record)
+    assert caught.value.issue.reason == "unknown-code"
+
+
+@pytest.mark.parametrize(
+    ("gender", "valid"), [("female", True), ("unknown", True), ("F", False), ("woman", False)]
+)
+def test_gender_is_copied_and_checked_by_validation(mapper: Mapper, gender: str, valid: bool) -> None:
+    patient = with_number({"resourceType": "Patient", "gender": gender})
+    [record] = records(bundle(patient))
+    mapped = mapper.map(record)
+    assert mapped.contribution["gender"] == gender
+    resource = {"resourceType": "Patient", "id": mapped.patient_id, **mapped.contribution}
+    if valid:
+        validate(resource)
+        return
+    with pytest.raises(ValidationFailure) as caught:
+        validate(resource)
+    assert caught.value.reason == "code-not-in-value-set"
+
+
+def test_references_that_could_name_stored_resources_keep_identifier_and_display(mapper: Mapper) -> None:
+    patient = with_number({"resourceType": "Patient", "id": "p1"})
+    patient["generalPractitioner"] = [
+        {
+            "reference": "Organization/gp",
+            "identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "Y90001"},
+        },
+        {"reference": "Practitioner/dr"},
+    ]
+    patient["link"] = [{"other": {"reference": "Patient/someone-else"}, "type": "seealso"}]
+    patient["managingOrganization"] = {"reference": "Organization/gp", "display": "Barking Medical Group"}
+    plan = {
+        "resourceType": "CarePlan",
+        "status": "active",
+        "intent": "plan",
+        "subject": {"reference": "Patient/p1"},
+        "basedOn": [{"reference": "CarePlan/other"}],
+        "supportingInfo": [{"reference": "Patient/someone-else", "display": "a relative"}],
+        "note": [{"authorReference": {"reference": "Practitioner/dr"}, "text": "reviewed"}],
+    }
+    mapped = map_one(mapper, bundle(patient, plan))
+    body = mapped.contribution
+    assert body["generalPractitioner"] == [
+        {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "Y90001"}}
+    ]
+    assert "link" not in body
+    assert body["managingOrganization"] == {"display": "Barking Medical Group"}
+    [care_plan, _] = mapped.resources
+    assert "basedOn" not in care_plan
+    assert care_plan["supportingInfo"] == [{"display": "a relative"}]
+    assert care_plan["note"] == [{"text": "reviewed"}]
