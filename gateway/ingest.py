@@ -33,7 +33,7 @@ from gateway.store.schema import ingest_runs, unknown_codes
 from gateway.store.versioning import content_hash, now, stamp
 from mappings.engine import MappingError
 from mappings.mapper import MappedRecord, Mapper, provenance
-from mappings.shared_view import Conflict, Contribution, merge
+from mappings.shared_view import Conflict, Contribution, merge, recorded_instant
 from mappings.validate import UKCORE_PATIENT, ValidationFailure, validate
 
 ProgressFn = Callable[[int], None]
@@ -251,7 +251,10 @@ class Ingestor:
             batch.report.count_resource(v.resource_type, "new" if v.version_id == 1 else "changed")
         batch.versions.extend(staged)
         previous = by_person.get(m.nhs_number, {}).get((m.source, m.local_id))
-        if previous is None or previous.content_hash != chash or previous.opt_out_code != m.opt_out_code:
+        if previous is not None and _older(m.recorded, previous.recorded):
+            # An older message arriving late (or an event feed re-read) never overwrites newer demographics.
+            pass
+        elif previous is None or previous.content_hash != chash or previous.opt_out_code != m.opt_out_code:
             outcomes.append("new" if previous is None else "changed")
             contribution = StoredContribution(
                 m.source,
@@ -368,6 +371,11 @@ class Ingestor:
                 .where(ingest_runs.c.id == report.run_id)
                 .values(finished_at=self.clock(), report=orjson.dumps(report.as_dict()).decode())
             )
+
+
+def _older(recorded: str, than: str) -> bool:
+    mine, theirs = recorded_instant(recorded), recorded_instant(than)
+    return mine is not None and theirs is not None and mine < theirs
 
 
 def _keys(mapped: Sequence[tuple[SourceRecord, MappedRecord]], mapper: Mapper) -> set[Key]:

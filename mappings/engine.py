@@ -154,6 +154,10 @@ def _dig(data: Any, dotted: str) -> Any:
     return data
 
 
+def _blank(value: Any) -> bool:
+    return _empty(value.strip() if isinstance(value, str) else value)
+
+
 def _empty(value: Any) -> bool:
     return value is None or value == "" or value == [] or value == {}
 
@@ -223,7 +227,7 @@ class Engine:
                     if element:
                         _set(target, rule.element, element)
                 continue
-            if rule.when and all(_empty(scope.get(name)) for name in rule.when):
+            if rule.when and all(_blank(scope.get(name)) for name in rule.when):
                 continue
             value = self._value(rule, scope)
             if _empty(value):
@@ -242,6 +246,8 @@ class Engine:
             value = _render(rule.template, scope)
         else:
             value = rule.value
+        if isinstance(value, str):
+            value = value.strip()
         if rule.default is not None and _empty(value):
             value = rule.default
         for t in rule.transform:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from mappings.engine import parse_datetime
 from mappings.validate import UKCORE_PATIENT
 
 PRECEDENCE: Final = ("gp", "acute", "community", "social-care", "fhir")
@@ -38,14 +39,17 @@ class Conflict:
     distinct_values: int
 
 
-def _rank(c: Contribution) -> tuple[int, str, str]:
+def recorded_instant(recorded: str) -> float | None:
+    """A contribution's recorded time as a UTC timestamp (ISO 8601 or HL7 TS); None if absent or unreadable."""
+    parsed = parse_datetime(recorded) if recorded else None
+    return parsed.timestamp() if parsed is not None else None
+
+
+def _rank(c: Contribution) -> tuple[int, float, str]:
     order = PRECEDENCE.index(c.source) if c.source in PRECEDENCE else len(PRECEDENCE)
-    # Newest first within a source: negate by sorting on an inverted key below.
-    return (order, _invert(c.recorded), c.local_id)
-
-
-def _invert(text: str) -> str:
-    return "".join(chr(0x10FFFF - ord(ch)) for ch in text)
+    instant = recorded_instant(c.recorded)
+    # Newest first within a source; a contribution with no readable time ranks as the oldest.
+    return (order, -instant if instant is not None else float("inf"), c.local_id)
 
 
 def merge(patient_id: str, contributions: Sequence[Contribution]) -> tuple[dict[str, Any], list[Conflict]]:
