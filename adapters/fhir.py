@@ -83,7 +83,8 @@ class FhirBundleAdapter:
 
     def read(self, stream: IO[str] | IO[bytes]) -> Iterator[Item]:
         try:
-            text = as_text(stream).read(self.max_chars + 1)
+            with as_text(stream) as reader:
+                text = reader.read(self.max_chars + 1)
         except UnicodeDecodeError as exc:
             raise AdapterError("FHIR Bundle is not UTF-8 text") from exc
         if len(text) > self.max_chars:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
-from typing import IO, Final
+from typing import IO, Any, Final
 
 from adapters.records import AdapterError, Item, RecordError, SourceRecord, as_text
 
@@ -48,7 +48,10 @@ class GpAdapter:
     source = SOURCE
 
     def read(self, stream: IO[str] | IO[bytes]) -> Iterator[Item]:
-        reader = csv.reader(as_text(stream))
+        with as_text(stream) as text:
+            yield from self._rows(csv.reader(text))
+
+    def _rows(self, reader: Any) -> Iterator[Item]:
         try:
             header = next(reader)
         except StopIteration:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -71,8 +72,18 @@ class Adapter(Protocol):
         ...
 
 
-def as_text(stream: Any) -> Any:
-    """A text view of a binary or text stream: UTF-8 with any BOM dropped, newlines kept as sent."""
+@contextmanager
+def as_text(stream: Any) -> Iterator[Any]:
+    """A text view of a binary or text stream: UTF-8 with any BOM dropped, newlines kept as sent.
+
+    Only CR and LF end lines (io.TextIOWrapper, not a codecs reader, which also splits on
+    U+2028 and friends). The wrapper is detached on exit, so the caller's stream stays open.
+    """
     if isinstance(stream, io.TextIOBase):
-        return stream
-    return io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+        yield stream
+        return
+    wrapper = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    try:
+        yield wrapper
+    finally:
+        wrapper.detach()

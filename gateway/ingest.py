@@ -43,7 +43,7 @@ _RETRIES = 3
 class ValidatedCache:
     """Content hashes already validated in this process (bounded LRU): the same content is valid again."""
 
-    def __init__(self, size: int = 200_000) -> None:
+    def __init__(self, size: int = 20_000) -> None:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._size = size
 

@@ -15,6 +15,7 @@ Pure: no I/O after the specs and maps are loaded, same input, same output.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -154,6 +155,15 @@ def _dig(data: Any, dotted: str) -> Any:
     return data
 
 
+def _pruned(value: Any) -> Any:
+    """Drop empty elements left behind (a list padded by writing index 1 before 0)."""
+    if isinstance(value, dict):
+        return {k: p for k, v in value.items() if not _empty(p := _pruned(v))}
+    if isinstance(value, list):
+        return [p for v in value if not _empty(p := _pruned(v))]
+    return value
+
+
 def _blank(value: Any) -> bool:
     return _empty(value.strip() if isinstance(value, str) else value)
 
@@ -206,6 +216,7 @@ class Engine:
         out = Mapped({})
         scope = _Scope(item, root, 0, out.warnings, context or {})
         self._apply_rules(spec.rules, scope, out.body)
+        out.body = _pruned(out.body)
         return out
 
     def _apply_rules(self, rules: Sequence[Rule], scope: _Scope, target: dict[str, Any]) -> None:
@@ -245,7 +256,8 @@ class Engine:
         elif rule.template is not None:
             value = _render(rule.template, scope)
         else:
-            value = rule.value
+            # A constant list or dict is copied: resources must never share (and later mutate) it.
+            value = copy.deepcopy(rule.value) if isinstance(rule.value, (dict, list)) else rule.value
         if isinstance(value, str):
             value = value.strip()
         if rule.default is not None and _empty(value):

@@ -40,7 +40,7 @@ class Conflict:
 
 
 def recorded_instant(recorded: str) -> float | None:
-    """A contribution's recorded time as a UTC timestamp (ISO 8601 or HL7 TS); None if absent or unreadable."""
+    """A contribution's recorded time as a UTC timestamp (ISO 8601 or HL7 TS); None if absent or bad."""
     parsed = parse_datetime(recorded) if recorded else None
     return parsed.timestamp() if parsed is not None else None
 

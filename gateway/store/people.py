@@ -95,7 +95,9 @@ async def retire_contribution(conn: AsyncConnection, source: str, local_id: str)
     return numbers
 
 
-async def set_conflicts(conn: AsyncConnection, found: Mapping[str, Sequence[Conflict]], when: datetime) -> None:
+async def set_conflicts(
+    conn: AsyncConnection, found: Mapping[str, Sequence[Conflict]], when: datetime
+) -> None:
     """Make the stored conflicts of each person in ``found`` exactly what it lists."""
     numbers = sorted(found)
     for start in range(0, len(numbers), 500):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -33,7 +33,9 @@ class Quarantined:
     resolved_at: datetime | None
 
 
-async def add(conn: AsyncConnection, run_id: int | None, errors: Sequence[RecordError], when: datetime) -> None:
+async def add(
+    conn: AsyncConnection, run_id: int | None, errors: Sequence[RecordError], when: datetime
+) -> None:
     """Quarantine records; one already held (same source and raw bytes) is updated, not duplicated."""
     if not errors:
         return
@@ -55,7 +57,10 @@ async def add(conn: AsyncConnection, run_id: int | None, errors: Sequence[Record
             "status": "open",
         }
     stmt = upsert(
-        conn, quarantine, ["source", "raw_hash"], ["run_id", "reason", "field", "detail", "last_seen", "status"]
+        conn,
+        quarantine,
+        ["source", "raw_hash"],
+        ["run_id", "reason", "field", "detail", "last_seen", "status"],
     )
     await conn.execute(stmt, list(rows.values()))
 

@@ -17,11 +17,11 @@ import orjson
 def content_hash(resource: dict[str, Any]) -> str:
     meta = resource.get("meta")
     stripped = resource
-    if meta and ("versionId" in meta or "lastUpdated" in meta):
-        stripped = {
-            **resource,
-            "meta": {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")},
-        }
+    if meta is not None and ("versionId" in meta or "lastUpdated" in meta or not meta):
+        kept = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
+        stripped = {k: v for k, v in resource.items() if k != "meta"}
+        if kept:
+            stripped["meta"] = kept
     if stripped.get("resourceType") == "Provenance" and "recorded" in stripped:
         stripped = {k: v for k, v in stripped.items() if k != "recorded"}
     return hashlib.sha256(orjson.dumps(stripped, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -1,0 +1,1 @@
+"""UK Core conformance of concord output, checked offline against the published definitions."""
