@@ -322,6 +322,9 @@ class Ingestor:
             if cur is None and key not in batch.loaded:
                 # Not loaded with the batch (a person touched only through a merge): look it up now.
                 cur = (await current_versions(conn, [key])).get(key)
+                if cur is not None and cur.content_hash == rhash:
+                    current[key] = cur
+                    continue
             version_id = cur.version_id + 1 if cur else 1
             stamped = stamp(resource, version_id, batch.when)
             self.cache.validate(stamped, rhash)

@@ -20,3 +20,25 @@ async def test_reingest_changes_nothing(services: Services) -> None:
     assert (second.new, second.changed, second.unchanged) == (0, 0, 1)
     async with services.engine.connect() as conn:
         assert await count_by_type(conn) == {"Patient": 1, "CarePlan": 1, "Provenance": 2}
+
+
+FHIR_PUSH = b"""{"resourceType": "Bundle", "type": "transaction", "entry": [
+ {"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Patient", "id": "p1",
+   "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9990000018"}],
+   "birthDate": "1944-07-30"}, "request": {"method": "POST", "url": "Patient"}}]}"""
+
+
+async def test_a_second_source_leaves_the_first_sources_provenance_alone(services: Services) -> None:
+    from adapters.fhir import FhirBundleAdapter
+    from gateway.store.resources import history
+
+    await services.ingestor.run("gp", GpAdapter().read(io.StringIO(ROWS)), "gp.csv")
+    report = await services.ingestor.run("fhir", FhirBundleAdapter().read(io.BytesIO(FHIR_PUSH)), "b.json")
+    assert report.accepted == 1
+    ids = services.mapper.ids
+    patient = ids.patient("9990000018")
+    gp_provenance = ids.make("Provenance", "gp", f"Patient/{patient}")
+    async with services.engine.connect() as conn:
+        assert len(await history(conn, "Provenance", gp_provenance)) == 1
+        # GP holds every element the push sends, and the GP wins: the shared Patient is unchanged.
+        assert len(await history(conn, "Patient", patient)) == 1
