@@ -35,6 +35,7 @@ from typing import IO, Any, Final
 import ijson  # type: ignore[import-untyped]
 import orjson
 
+from adapters.json_shape import shape_problem
 from adapters.records import AdapterError, Item, RecordError, SourceRecord
 
 SOURCE: Final = "social-care"
@@ -264,7 +265,7 @@ def _expect_end(events: Iterator[tuple[str, str, Any]]) -> None:
 def _case(case: Any, council_ods: str, location: str, raw: str) -> Item:
     if not isinstance(case, dict):
         return RecordError(SOURCE, location, "json-not-an-object", None, "the case is not a JSON object", raw)
-    problem = _shape_problem(case, _CASE_SHAPE, "")
+    problem = shape_problem(case, _CASE_SHAPE, "")
     if problem is not None:
         where, expected = problem
         return RecordError(SOURCE, location, "field-wrong-type", where, f"{where} must be {expected}", raw)
@@ -276,38 +277,3 @@ def _case(case: Any, council_ods: str, location: str, raw: str) -> Item:
             return RecordError(SOURCE, location, "field-missing", required, f"{required} is required", raw)
     fields = {**case, "care_plans": case["care_and_support_plans"], "source_ods": council_ods}
     return SourceRecord(SOURCE, location, str(local_id).strip(), fields, raw)
-
-
-def _shape_problem(value: Mapping[str, Any], shape: Mapping[str, Any], path: str) -> tuple[str, str] | None:
-    """The first field of ``value`` whose JSON type differs from ``shape`` (null is always allowed)."""
-    for name, kind in shape.items():
-        found = _kind_problem(value.get(name), kind, f"{path}{name}")
-        if found is not None:
-            return found
-    return None
-
-
-def _kind_problem(value: Any, kind: Any, where: str) -> tuple[str, str] | None:
-    if value is None:
-        return None
-    if isinstance(kind, Mapping):
-        if not isinstance(value, dict):
-            return where, "an object"
-        return _shape_problem(value, kind, f"{where}.")
-    if isinstance(kind, list):
-        if not isinstance(value, list):
-            return where, "a list"
-        for i, item in enumerate(value):
-            if item is None:
-                return f"{where}[{i}]", "an object"
-            found = _kind_problem(item, kind[0], f"{where}[{i}]")
-            if found is not None:
-                return found
-        return None
-    if kind == "str" and not isinstance(value, str):
-        return where, "a string"
-    if kind == "id" and (isinstance(value, bool) or not isinstance(value, str | int)):
-        return where, "a string or a whole number"
-    if kind == "number" and (isinstance(value, bool) or not isinstance(value, int | float)):
-        return where, "a number"
-    return None
