@@ -11,7 +11,8 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
-from typing import IO, Any, Final
+from dataclasses import replace
+from typing import IO, Final
 
 from adapters.records import AdapterError, Item, RecordError, SourceRecord, as_text
 
@@ -49,37 +50,95 @@ class GpAdapter:
 
     def read(self, stream: IO[str] | IO[bytes]) -> Iterator[Item]:
         with as_text(stream) as text:
-            yield from self._rows(csv.reader(text))
-
-    def _rows(self, reader: Any) -> Iterator[Item]:
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise AdapterError("GP extract is empty: no header row") from None
-        except csv.Error as exc:
-            raise AdapterError(f"GP extract header cannot be read: {exc}") from exc
-        header = [h.strip().lstrip("\ufeff") for h in header]
-        missing = REQUIRED_COLUMNS - set(header)
-        if missing:
-            raise AdapterError(f"GP extract lacks columns: {', '.join(sorted(missing))}")
-        header_line = _line(header)
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                yield RecordError(SOURCE, f"line {reader.line_num}", "csv-unreadable", None, str(exc))
-                continue
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            yield _record(header, row, f"line {reader.line_num}", header_line + _line(row))
+            lines = iter(text)
+            header = _header(next(lines, ""))
+            yield from _items(header, lines, first_line=2)
 
     def reread(self, raw: str, location: str) -> Iterator[Item]:
-        header_line, _, row_text = raw.partition("\n")
-        header = next(csv.reader([header_line]))
-        for row in csv.reader(io.StringIO(row_text)):
-            yield _record(header, row, location, raw)
+        header_text, _, record_text = raw.partition("\n")
+        for item in _items(_header(header_text), iter(io.StringIO(record_text, newline="")), first_line=0):
+            yield replace(item, location=location)
+
+
+def _header(text: str) -> list[str]:
+    if not text.strip():
+        raise AdapterError("GP extract is empty: no header row")
+    parsed = _parse(text)
+    if not isinstance(parsed, list):
+        raise AdapterError("GP extract header cannot be read")
+    header = [h.strip().lstrip("\ufeff") for h in parsed]
+    missing = REQUIRED_COLUMNS - set(header)
+    if missing:
+        raise AdapterError(f"GP extract lacks columns: {', '.join(sorted(missing))}")
+    return header
+
+
+def _items(header: list[str], lines: Iterator[str], first_line: int) -> Iterator[Item]:
+    """Records after the header; ``raw`` is the header plus the record's text as received."""
+    header_line = _line(header)
+    for number, record_text, row in _records(lines, first_line):
+        location = f"line {number}"
+        if isinstance(row, str):
+            reason = "csv-unterminated-quote" if row == _UNCLOSED else "csv-unreadable"
+            yield RecordError(SOURCE, location, reason, None, row, header_line + record_text)
+        elif any(cell.strip() for cell in row):
+            yield _record(header, row, location, header_line + record_text)
+
+
+#: A record may span lines inside quotes; past this many, its opening quote is taken as never closed.
+MAX_LINES_PER_RECORD: Final = 20
+
+
+def _records(lines: Iterator[str], first_line: int) -> Iterator[tuple[int, str, list[str] | str]]:
+    """(first line number, text as received, cells or the reason it cannot be read) per record.
+
+    A record continues onto the next line only while a quoted field is open, for at most
+    MAX_LINES_PER_RECORD lines. A line whose quote never closes (or whose continuation
+    would swallow other records) is given back alone, and the lines after it are read
+    afresh: one bad quote costs one row, never the rows after it.
+    """
+    pending: list[str] = []
+    number = first_line
+    source = iter(lines)
+    while True:
+        line = pending.pop(0) if pending else next(source, None)
+        if line is None:
+            return
+        taken = [line]
+        cells = _parse(line)
+        while cells is _OPEN and len(taken) < MAX_LINES_PER_RECORD:
+            more = pending.pop(0) if pending else next(source, None)
+            if more is None:
+                break
+            taken.append(more)
+            cells = _parse("".join(taken))
+        if isinstance(cells, list):
+            yield number, "".join(taken), cells
+            number += len(taken)
+            continue
+        pending = taken[1:] + pending
+        alone = _parse(line)
+        yield number, line, alone if isinstance(alone, str) else _UNCLOSED
+        number += 1
+
+
+class _Open:
+    """A quoted field is still open at the end of the text."""
+
+
+_OPEN: Final = _Open()
+_UNCLOSED: Final = "a quoted field never closes"
+
+
+def _parse(text: str) -> list[str] | _Open | str:
+    """The cells of exactly one CSV record; _OPEN if a quote is still open; else why not."""
+    try:
+        rows = list(csv.reader(io.StringIO(text), strict=True))
+    except csv.Error as exc:
+        return _OPEN if "unexpected end of data" in str(exc) else f"CSV cannot be read: {exc}"
+    if len(rows) > 1:
+        return "more than one record on the line"
+    return rows[0] if rows else []
 
 
 def _line(cells: list[str]) -> str:
