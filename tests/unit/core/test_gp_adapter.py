@@ -346,14 +346,23 @@ def test_an_endless_stream_still_yields() -> None:
 
 def test_an_unterminated_quote_costs_its_own_row_only() -> None:
     broken = 'Y90001,GP2,"9990000018\n'
-    text = HEADER + line(gp_patient_id="GP1") + broken + "".join(line(gp_patient_id=f"GP{i}") for i in range(3, 30))
+    text = (
+        HEADER
+        + line(gp_patient_id="GP1")
+        + broken
+        + "".join(line(gp_patient_id=f"GP{i}") for i in range(3, 30))
+    )
     items = read(text)
-    assert [i.local_id for i in items if isinstance(i, SourceRecord)] == ["GP1"] + [f"GP{i}" for i in range(3, 30)]
+    assert [i.local_id for i in items if isinstance(i, SourceRecord)] == ["GP1"] + [
+        f"GP{i}" for i in range(3, 30)
+    ]
     errors = [i for i in items if isinstance(i, RecordError)]
     assert [(e.location, e.reason) for e in errors] == [("line 3", "csv-unterminated-quote")]
     assert errors[0].raw == HEADER + broken  # kept as received, for replay
     replayed = list(GpAdapter().reread(errors[0].raw, errors[0].location))
-    assert [(r.location, getattr(r, "reason", None)) for r in replayed] == [("line 3", "csv-unterminated-quote")]
+    assert [(r.location, getattr(r, "reason", None)) for r in replayed] == [
+        ("line 3", "csv-unterminated-quote")
+    ]
 
 
 def test_a_quoted_newline_record_is_located_at_its_first_line() -> None:

@@ -24,12 +24,9 @@ from adapters.records import RecordError
 from gateway.synth.defects import EFFECTS, DefectPlan
 from gateway.synth.gp import write_gp
 from gateway.synth.population import population
-from mappings.engine import Engine, MappingError
-from mappings.ids import IdMaker
+from mappings.engine import MappingError
 from mappings.mapper import MappedRecord, Mapper
 from mappings.shared_view import Contribution, merge
-from mappings.specs import load_specs
-from mappings.terminology import load_tables
 from mappings.validate import (
     NHS_NUMBER_SYSTEM,
     UKCORE_CAREPLAN,
@@ -43,11 +40,6 @@ GOLDEN = Path(__file__).resolve().parents[2] / "golden"
 SAMPLE = GOLDEN / "gp_sample.csv"
 EXPECTED = GOLDEN / "gp_sample.expected.json"
 RECORDED = "2026-01-01T00:00:00.000Z"  # what the store would stamp on Provenance.recorded
-
-
-@pytest.fixture(scope="module")
-def mapper() -> Mapper:
-    return Mapper(load_specs(), Engine(load_tables()), IdMaker(b"0" * 32))
 
 
 def outcomes(mapper: Mapper, extract: str) -> Iterator[tuple[str, MappedRecord | RecordError | MappingError]]:

@@ -15,10 +15,8 @@ from adapters.records import RecordError, SourceRecord
 from gateway.synth.acute import write_acute
 from gateway.synth.defects import DefectPlan
 from gateway.synth.population import population
-from mappings.engine import Engine, MappingError
-from mappings.ids import IdMaker
+from mappings.engine import MappingError
 from mappings.mapper import MappedRecord, Mapper
-from mappings.specs import load_specs
 from mappings.terminology import load_tables
 from mappings.validate import NHS_NUMBER_SYSTEM, VERIFICATION_SYSTEM, validate
 
@@ -41,11 +39,6 @@ SNOMED = {
     "306238000": "Referral to social services",
     "306206005": "Referral to service",
 }
-
-
-@pytest.fixture(scope="module")
-def mapper() -> Mapper:
-    return Mapper(load_specs(), Engine(load_tables()), IdMaker(b"0" * 32))
 
 
 def read(data: bytes) -> list[SourceRecord | RecordError]:

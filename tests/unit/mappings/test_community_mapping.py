@@ -6,32 +6,23 @@ import io
 import itertools
 import json
 import random
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from support import tally, validate_mapped
 
 from adapters.community import CommunityAdapter
 from adapters.records import RecordError, SourceRecord
 from gateway.synth.community import write_community
 from gateway.synth.defects import DefectPlan
 from gateway.synth.population import Person, nhs_numbers, population
-from mappings.engine import Engine, MappingError
-from mappings.ids import IdMaker
+from mappings.engine import MappingError
 from mappings.mapper import MappedRecord, Mapper
-from mappings.shared_view import Contribution, merge
-from mappings.specs import load_specs
-from mappings.terminology import load_tables
-from mappings.validate import VERIFICATION_URL, validate
+from mappings.validate import VERIFICATION_URL
 
 _ids = itertools.count(1)
 _numbers = nhs_numbers(2000)
-
-
-@pytest.fixture(scope="module")
-def mapper() -> Mapper:
-    return Mapper(load_specs(), Engine(load_tables()), IdMaker(b"0" * 32))
 
 
 def a_line(**overrides: Any) -> dict[str, Any]:
@@ -98,34 +89,6 @@ def record(line: dict[str, Any] | str) -> SourceRecord:
     return item
 
 
-def check_all_valid(mapped: MappedRecord) -> None:
-    """Every resource the record produces is valid, as the store will see it."""
-    patient, _ = merge(mapped.patient_id, [Contribution("community", mapped.local_id, mapped.contribution)])
-    validate(patient)
-    for resource in mapped.resources:
-        if resource["resourceType"] == "Provenance":
-            resource["recorded"] = "2026-01-01T00:00:00+00:00"
-        validate(resource)
-        check_contained(resource)
-
-
-def check_contained(resource: dict[str, Any]) -> None:
-    """Contained ids are unique, every #reference resolves, every contained resource is referenced."""
-    ids = [c["id"] for c in resource.get("contained", ())]
-    assert len(ids) == len(set(ids))
-    refs = {r[1:] for r in _references(resource) if r.startswith("#")}
-    assert refs == set(ids)
-
-
-def _references(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        own = [node["reference"]] if isinstance(node.get("reference"), str) else []
-        return own + [r for k, v in node.items() if k != "contained" for r in _references(v)]
-    if isinstance(node, list):
-        return [r for v in node for r in _references(v)]
-    return []
-
-
 def care_plan(mapped: MappedRecord) -> dict[str, Any]:
     (plan,) = [r for r in mapped.resources if r["resourceType"] == "CarePlan"]
     return plan
@@ -138,7 +101,7 @@ def contained(plan: dict[str, Any], resource_type: str) -> list[dict[str, Any]]:
 def test_a_good_line_maps_to_valid_uk_core(mapper: Mapper) -> None:
     line = a_line()
     mapped = mapper.map(record(line))
-    check_all_valid(mapped)
+    validate_mapped(mapped)
     assert mapped.warnings == []
     assert mapped.nhs_number == line["nhs_number"]
     assert mapped.source_ods == "R9Z02"
@@ -198,7 +161,7 @@ def test_a_plan_without_a_care_team_has_none(mapper: Mapper) -> None:
     line = a_line()
     line["plan"]["care_team"] = []
     mapped = mapper.map(record(line))
-    check_all_valid(mapped)
+    validate_mapped(mapped)
     plan = care_plan(mapped)
     assert "careTeam" not in plan and contained(plan, "CareTeam") == []
 
@@ -236,7 +199,7 @@ def test_an_unknown_activity_code_is_kept_and_reported(mapper: Mapper) -> None:
     line = a_line()
     line["plan"]["activities"][0]["code"] = "LOCAL_ONLY"
     mapped = mapper.map(record(line))
-    check_all_valid(mapped)
+    validate_mapped(mapped)
     assert [w.reason for w in mapped.warnings] == ["unknown-code"]
     assert care_plan(mapped)["activity"][0]["detail"]["code"]["coding"][0]["code"] == "LOCAL_ONLY"
 
@@ -308,7 +271,7 @@ def outcomes(mapper: Mapper, people: list[Person], kind: str | None) -> list[Any
         except MappingError as exc:
             results.append(exc.issue.reason)
             continue
-        check_all_valid(mapped)
+        validate_mapped(mapped)
         results.append(mapped)
     return results
 
@@ -360,20 +323,9 @@ def test_a_whole_synthetic_extract_matches_its_defect_tally(mapper: Mapper) -> N
     out = io.StringIO()
     plan = DefectPlan(rate=0.25, seed=21)
     write_community(population(2000, seed=21), out, random.Random(21), plan)
-    seen: Counter[str] = Counter()
-    for item in CommunityAdapter().read(io.StringIO(out.getvalue())):
-        if isinstance(item, RecordError):
-            seen[item.reason] += 1
-            continue
-        try:
-            mapped = mapper.map(item)
-        except MappingError as exc:
-            seen[exc.issue.reason] += 1
-            continue
-        check_all_valid(mapped)
-        seen.update(w.reason for w in mapped.warnings)
-    tally = plan.report()["community"]
-    assert seen["json-truncated"] == tally["truncated"]
-    assert seen["nhs-number-check-digit"] == tally["bad-check-digit"]
-    assert seen["nhs-number-missing"] == tally["missing-nhs-number"]
-    assert seen["unknown-code"] == tally["unknown-code"]
+    seen = tally(mapper, CommunityAdapter().read(io.StringIO(out.getvalue())))
+    injected = plan.report()["community"]
+    assert seen["json-truncated"] == injected["truncated"]
+    assert seen["nhs-number-check-digit"] == injected["bad-check-digit"]
+    assert seen["nhs-number-missing"] == injected["missing-nhs-number"]
+    assert seen["unknown-code"] == injected["unknown-code"]

@@ -18,11 +18,8 @@ import pytest
 
 from adapters.fhir import FhirBundleAdapter
 from adapters.records import SourceRecord
-from mappings.engine import Engine, MappingError
-from mappings.ids import IdMaker
+from mappings.engine import MappingError
 from mappings.mapper import MappedRecord, Mapper
-from mappings.specs import load_specs
-from mappings.terminology import load_tables
 from mappings.validate import (
     NHS_NUMBER_SYSTEM,
     UKCORE_CAREPLAN,
@@ -41,11 +38,6 @@ ODS_SOURCE = "https://fhir.nhs.uk/Id/ods-organization-code|Y90001"
 TEST_NUMBER = "9990000018"
 RECORDED = "2026-01-01T00:00:00+00:00"
 STORED_TYPES = ("Patient/", "CarePlan/", "Provenance/")
-
-
-@pytest.fixture(scope="module")
-def mapper() -> Mapper:
-    return Mapper(load_specs(), Engine(load_tables()), IdMaker(b"0" * 32))
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -6,34 +6,24 @@ import io
 import itertools
 import json
 import random
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from support import tally, validate_mapped
 
 from adapters.records import RecordError, SourceRecord
 from adapters.social_care import SocialCareAdapter
 from gateway.synth.defects import DefectPlan
 from gateway.synth.population import Person, nhs_numbers, population
 from gateway.synth.social_care import write_social_care
-from mappings.engine import Engine, MappingError
-from mappings.ids import IdMaker
+from mappings.engine import MappingError
 from mappings.mapper import MappedRecord, Mapper
-from mappings.shared_view import Contribution, merge
-from mappings.specs import load_specs
-from mappings.terminology import load_tables
-from mappings.validate import validate
 
 HEADER = {"system": "Test system", "council_ods": "Z9A01"}
 UCUM = "http://unitsofmeasure.org"
 _ids = itertools.count(8000001)
 _numbers = nhs_numbers(9000)
-
-
-@pytest.fixture(scope="module")
-def mapper() -> Mapper:
-    return Mapper(load_specs(), Engine(load_tables()), IdMaker(b"0" * 32))
 
 
 def a_case(**person: Any) -> dict[str, Any]:
@@ -114,20 +104,6 @@ def record(case: dict[str, Any]) -> SourceRecord:
     return item
 
 
-def check_all_valid(mapped: MappedRecord) -> None:
-    patient, _ = merge(mapped.patient_id, [Contribution("social-care", mapped.local_id, mapped.contribution)])
-    validate(patient)
-    for resource in mapped.resources:
-        if resource["resourceType"] == "Provenance":
-            resource["recorded"] = "2026-01-01T00:00:00+00:00"
-        validate(resource)
-        ids = [c["id"] for c in resource.get("contained", ())]
-        referenced = {
-            r["reference"][1:] for key in ("addresses", "goal", "careTeam") for r in resource.get(key, ())
-        }
-        assert len(ids) == len(set(ids)) and referenced == set(ids)
-
-
 def care_plan(mapped: MappedRecord) -> dict[str, Any]:
     (plan,) = [r for r in mapped.resources if r["resourceType"] == "CarePlan"]
     return plan
@@ -140,7 +116,7 @@ def contained(plan: dict[str, Any], resource_type: str) -> list[dict[str, Any]]:
 def test_a_good_case_maps_to_valid_uk_core(mapper: Mapper) -> None:
     case = a_case()
     mapped = mapper.map(record(case))
-    check_all_valid(mapped)
+    validate_mapped(mapped)
     assert mapped.warnings == []
     assert (mapped.nhs_number, mapped.local_id) == (case["person"]["nhs_number"], str(case["person_id"]))
     assert mapped.source_ods == "Z9A01"
@@ -165,7 +141,7 @@ def test_no_status_sent_means_no_extension(mapper: Mapper) -> None:
     case = a_case()
     del case["person"]["nhs_number_status"]
     mapped = mapper.map(record(case))
-    check_all_valid(mapped)
+    validate_mapped(mapped)
     assert "extension" not in mapped.contribution["identifier"][0]
 
 
@@ -243,7 +219,7 @@ def test_unknown_local_codes_are_kept_and_reported(mapper: Mapper) -> None:
     plan["services"][0]["service_type"] = "EXTRA_CARE"
     plan["services"][0]["unit"] = "FORTNIGHT"
     mapped = mapper.map(record(case))
-    check_all_valid(mapped)
+    validate_mapped(mapped)
     assert [w.reason for w in mapped.warnings] == ["unknown-code"] * 3
     detail = care_plan(mapped)["activity"][0]["detail"]
     assert detail["code"]["coding"][0]["code"] == "EXTRA_CARE"
@@ -288,7 +264,7 @@ def outcomes(mapper: Mapper, people: list[Person], kind: str | None) -> list[Any
         except MappingError as exc:
             results.append(exc.issue.reason)
             continue
-        check_all_valid(mapped)
+        validate_mapped(mapped)
         results.append(mapped)
     return results
 
@@ -338,21 +314,10 @@ def test_a_whole_synthetic_export_matches_its_defect_tally(mapper: Mapper) -> No
     out = io.StringIO()
     plan = DefectPlan(rate=0.3, seed=8)
     write_social_care(population(4000, seed=8), out, random.Random(8), plan)
-    seen: Counter[str] = Counter()
-    for item in SocialCareAdapter().read(io.StringIO(out.getvalue())):
-        if isinstance(item, RecordError):
-            seen[item.reason] += 1
-            continue
-        try:
-            mapped = mapper.map(item)
-        except MappingError as exc:
-            seen[exc.issue.reason] += 1
-            continue
-        check_all_valid(mapped)
-        seen.update(w.reason for w in mapped.warnings)
-    tally = plan.report()["social-care"]
-    assert seen["field-missing"] == tally["truncated"]
-    assert seen["nhs-number-check-digit"] == tally["bad-check-digit"]
-    assert seen["nhs-number-missing"] == tally["missing-nhs-number"]
-    assert seen["unknown-code"] == tally["unknown-code"]
-    assert tally["missing-nhs-number"] > tally["bad-check-digit"]
+    seen = tally(mapper, SocialCareAdapter().read(io.StringIO(out.getvalue())))
+    injected = plan.report()["social-care"]
+    assert seen["field-missing"] == injected["truncated"]
+    assert seen["nhs-number-check-digit"] == injected["bad-check-digit"]
+    assert seen["nhs-number-missing"] == injected["missing-nhs-number"]
+    assert seen["unknown-code"] == injected["unknown-code"]
+    assert injected["missing-nhs-number"] > injected["bad-check-digit"]
