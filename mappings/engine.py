@@ -276,7 +276,9 @@ class Engine:
         concept = self.tables[table_id].lookup(code)
         if concept is not None:
             return concept, True
-        issue = MappingIssue("unknown-code", rule.field, f"code not in ConceptMap {table_id}")
+        # The local code is named (truncated) so an analyst knows what to add to the map; it is
+        # a code from the source's code list, never free text about the person.
+        issue = MappingIssue("unknown-code", rule.field, f"code {code[:40]!r} not in ConceptMap {table_id}")
         if rule.on_unknown == "quarantine":
             raise MappingError(issue)
         scope.warnings.append(issue)

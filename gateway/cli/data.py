@@ -6,14 +6,12 @@ import sys
 from pathlib import Path
 
 import click
-from sqlalchemy import func, select
 
 from gateway.bootstrap import Services
 from gateway.cli.common import err, run, write_json
 from gateway.report import EXIT_FAILED
-from gateway.store import quarantine as quarantine_store
+from gateway.store.quality import QualityReport, quality_report
 from gateway.store.resources import stream_type
-from gateway.store.schema import conflicts, contributions, unknown_codes
 from gateway.views import shared_view
 
 EXPORT_TYPES = ("Patient", "CarePlan", "Provenance")
@@ -66,67 +64,26 @@ def view(nhs_number: str) -> None:
 def quality(as_json: bool) -> None:
     """The data-quality report: conflicting demographics, unknown codes, quarantine by source and reason."""
 
-    async def body(services: Services) -> dict[str, object]:
+    async def body(services: Services) -> QualityReport:
         async with services.engine.connect() as conn:
-            conflict_rows = (
-                await conn.execute(
-                    select(conflicts.c.element, conflicts.c.sources, func.count())
-                    .group_by(conflicts.c.element, conflicts.c.sources)
-                    .order_by(conflicts.c.element, conflicts.c.sources)
-                )
-            ).all()
-            codes = (
-                (
-                    await conn.execute(
-                        select(unknown_codes).order_by(
-                            unknown_codes.c.source, unknown_codes.c.occurrences.desc()
-                        )
-                    )
-                )
-                .mappings()
-                .all()
-            )
-            people = (
-                await conn.execute(
-                    select(
-                        contributions.c.source, func.count(func.distinct(contributions.c.nhs_number))
-                    ).group_by(contributions.c.source)
-                )
-            ).all()
-            held = await quarantine_store.counts(conn)
-        return {
-            "people_by_source": {s: n for s, n in people},
-            "conflicts": [{"element": e, "sources": s.split(","), "people": n} for e, s, n in conflict_rows],
-            "unknown_codes": [
-                {
-                    "source": r["source"],
-                    "field": r["field"],
-                    "detail": r["detail"],
-                    "occurrences": r["occurrences"],
-                }
-                for r in codes
-            ],
-            "quarantine_open": [
-                {"source": s, "reason": r, "records": n} for (s, r), n in sorted(held.items())
-            ],
-        }
+            return await quality_report(conn)
 
     report = run(body)
     if as_json:
-        write_json(report)
+        write_json(report.as_dict())
         return
     click.echo("People with a record, by source:")
-    for source, n in report["people_by_source"].items():  # type: ignore[attr-defined]
+    for source, n in report.people_by_source.items():
         click.echo(f"  {source:<14} {n}")
     click.echo("Conflicting demographics (people; values are not shown here):")
-    for c in report["conflicts"]:  # type: ignore[attr-defined]
-        click.echo(f"  {c['element']:<12} between {' and '.join(c['sources']):<30} {c['people']}")
+    for c in report.conflicts:
+        click.echo(f"  {c.element:<12} between {' and '.join(c.sources):<30} {c.people}")
     click.echo("Unknown codes (kept as sent, reported):")
-    for c in report["unknown_codes"]:  # type: ignore[attr-defined]
-        click.echo(f"  {c['source']:<12} {c['field']:<14} {c['detail']:<48} {c['occurrences']}")
+    for u in report.unknown_codes:
+        click.echo(f"  {u.source:<12} {u.field:<14} {u.detail:<48} {u.occurrences}")
     click.echo("Quarantined, open:")
-    for q in report["quarantine_open"]:  # type: ignore[attr-defined]
-        click.echo(f"  {q['source']:<12} {q['reason']:<28} {q['records']}")
+    for q in report.quarantine_open:
+        click.echo(f"  {q.source:<12} {q.reason:<28} {q.records}")
 
 
 @click.group()
