@@ -1,9 +1,8 @@
 """Acute hospital feed: HL7 v2 ADT messages from the trust's patient administration system.
 
-One message is one record. The stream is split into messages here, as it is
-read (a message starts at each MSH segment; segments may end in CR, LF or CRLF;
-MLLP framing bytes and FHS/BHS/BTS/FTS batch envelopes are dropped), and each
-message is parsed with python-hl7. docs/sources/acute.md lists every segment
+One message is one record. ``adapters.hl7_framing`` splits the stream into
+messages as it is read (CR, LF or CRLF segment ends, MLLP framing, batch
+envelopes), and each message is parsed here with python-hl7. docs/sources/acute.md lists every segment
 and field read, where the NHS number may be, and how discharge follow-ups travel.
 
 A message that cannot be used becomes a RecordError with one of these reasons:
@@ -25,13 +24,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any, Final
 
 import hl7
 from hl7.exceptions import HL7Exception
 
-from adapters.records import AdapterError, Item, RecordError, SourceRecord
+from adapters.hl7_framing import Unit, decode, messages, segments, segments_of
+from adapters.records import Item, RecordError, SourceRecord
 
 SOURCE: Final = "acute"
 CHUNK_SIZE: Final = 64 * 1024
@@ -55,10 +55,6 @@ FOLLOW_UP_ID: Final = "FOLLOWUP"
 #: HL7 OID of the NHS number as an assigning authority (HD.2).
 NHS_NUMBER_OID: Final = "2.16.840.1.113883.2.1.4.1"
 
-_TERMINATORS = re.compile(rb"[\r\n\x0b\x1c]")  # CR, LF, MLLP start block, MLLP end block
-_ENVELOPE = frozenset({b"FHS", b"BHS", b"BTS", b"FTS"})
-_STARTS = frozenset({b"MSH", b"FHS", b"BHS"})
-_BOM = b"\xef\xbb\xbf"
 _NHS_SHAPE = re.compile(r"\d{3}[ -]?\d{3}[ -]?\d{4}")
 _NHS_TYPES = frozenset({"NH", "HN"})
 _HOSPITAL_TYPES = ("MR", "MRN", "MEDREC", "PI", "PT")
@@ -80,18 +76,18 @@ class AcuteAdapter:
 
     def read(self, stream: IO[bytes] | IO[str]) -> Iterator[Item]:
         """Stream items from a binary (preferred) or text file object, one per message."""
-        lines = _lines(stream, self.chunk_size, self.max_message_bytes)
-        units = _units(lines, self.max_message_bytes, strict=True)
+        lines = segments(stream, self.chunk_size, self.max_message_bytes)
+        units = messages(lines, self.max_message_bytes, strict=True)
         for n, unit in enumerate(units, start=1):
             yield self._item(unit, f"message {n}")
 
     def reread(self, raw: str, location: str) -> Iterator[Item]:
-        lines = _lines_of(raw.encode("utf-8"))
-        for unit in _units(lines, self.max_message_bytes, strict=False):
+        lines = segments_of(raw.encode("utf-8"))
+        for unit in messages(lines, self.max_message_bytes, strict=False):
             yield self._item(unit, location)
 
-    def _item(self, unit: _Unit, location: str) -> Item:
-        raw = _decode(unit.segments)
+    def _item(self, unit: Unit, location: str) -> Item:
+        raw = decode(unit.segments)
         if unit.kind == "orphan":
             detail = f"{len(unit.segments)} segment(s) outside any message (no MSH before them)"
             return RecordError(SOURCE, location, "hl7-no-msh", None, detail, raw)
@@ -99,112 +95,6 @@ class AcuteAdapter:
             detail = f"message over {self.max_message_bytes} bytes: skipped"
             return RecordError(SOURCE, location, "hl7-message-too-large", None, detail, raw)
         return interpret(raw, location)
-
-
-# --- splitting a stream into messages -------------------------------------------------------
-
-
-def _lines(stream: IO[bytes] | IO[str], chunk_size: int, limit: int) -> Iterator[bytes | None]:
-    """Segments as bytes, read ``chunk_size`` at a time; None stands for a segment over ``limit``."""
-    pending = bytearray()
-    skipping = False
-    while True:
-        chunk = _read(stream, chunk_size)
-        if not chunk:
-            break
-        parts = _TERMINATORS.split(chunk)
-        for i, part in enumerate(parts):
-            if not skipping:
-                pending += part
-            if i < len(parts) - 1:  # a terminator ends this segment
-                if not skipping:
-                    yield bytes(pending)
-                pending.clear()
-                skipping = False
-            elif len(pending) > limit:
-                pending.clear()
-                skipping = True
-                yield None
-    if pending and not skipping:
-        yield bytes(pending)
-
-
-def _read(stream: IO[bytes] | IO[str], size: int) -> bytes:
-    try:
-        chunk = stream.read(size)
-    except UnicodeDecodeError as exc:
-        raise AdapterError("acute feed is not UTF-8 text: open it in binary mode") from exc
-    return chunk.encode("utf-8") if isinstance(chunk, str) else chunk
-
-
-def _lines_of(data: bytes) -> Iterator[bytes | None]:
-    yield from _TERMINATORS.split(data)
-
-
-@dataclass(slots=True)
-class _Unit:
-    """What the splitter hands on: a message, stray segments, or the head of an oversized message."""
-
-    kind: str  # "message" | "orphan" | "too-large"
-    segments: list[bytes] = field(default_factory=list)
-    size: int = 0
-
-
-def _units(lines: Iterator[bytes | None], limit: int, strict: bool) -> Iterator[_Unit]:
-    current: _Unit | None = None
-    seen = False
-    for line in lines:
-        if line is None:
-            if strict and not seen:
-                raise AdapterError("not an HL7 v2 file: no segment terminator where MSH should end")
-            seen = True
-            current = _oversize(current)
-            continue
-        line = line.removeprefix(_BOM).strip()
-        if not line:
-            continue
-        head = line[:3]
-        if strict and not seen and head not in _STARTS:
-            raise AdapterError("not an HL7 v2 file: the first segment is not MSH, FHS or BHS")
-        seen = True
-        if head in _ENVELOPE or head == b"MSH":
-            if current is not None:
-                yield current
-            current = _Unit("message", [line], len(line)) if head == b"MSH" else None
-        elif current is None:
-            current = _Unit("orphan", [line], len(line))
-        else:
-            _append(current, line, limit)
-    if strict and not seen:
-        raise AdapterError("acute feed is empty")
-    if current is not None:
-        yield current
-
-
-def _append(unit: _Unit, line: bytes, limit: int) -> None:
-    if unit.kind == "too-large":
-        return
-    unit.segments.append(line)
-    unit.size += len(line) + 1
-    if unit.size > limit:
-        _oversize(unit)
-
-
-def _oversize(unit: _Unit | None) -> _Unit:
-    """Keep only the first segment (the MSH, for the report); drop what follows until the next message."""
-    if unit is None:
-        return _Unit("too-large")
-    unit.kind = "too-large"
-    del unit.segments[1:]
-    return unit
-
-
-def _decode(segments: list[bytes]) -> str:
-    data = b"\r".join(segments)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
 
 
 # --- one message --------------------------------------------------------------------------------
