@@ -86,4 +86,5 @@ def as_text(stream: Any) -> Iterator[Any]:
     try:
         yield wrapper
     finally:
-        wrapper.detach()
+        if not wrapper.closed:  # the caller may have closed its stream before a reader finished
+            wrapper.detach()

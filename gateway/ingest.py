@@ -12,7 +12,8 @@ the adapter and only the touched people's contributions are loaded.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import asyncio
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adapters.records import Item, RecordError, SourceRecord
+from gateway.prevalidate import Prevalidator
 from gateway.report import IngestReport
 from gateway.store import people, quarantine
 from gateway.store.dialect import upsert
@@ -32,9 +34,9 @@ from gateway.store.resources import ConcurrentWrite, Current, Key, Version, curr
 from gateway.store.schema import ingest_runs, unknown_codes
 from gateway.store.versioning import content_hash, now, stamp
 from mappings.engine import MappingError
-from mappings.mapper import MappedRecord, Mapper, provenance
+from mappings.mapper import MappedRecord, Mapper, contribution_resource, provenance
 from mappings.shared_view import Conflict, Contribution, merge, recorded_instant
-from mappings.validate import UKCORE_PATIENT, ValidationFailure, validate
+from mappings.validate import ValidationFailure, validate
 
 ProgressFn = Callable[[int], None]
 _RETRIES = 3
@@ -47,12 +49,21 @@ class ValidatedCache:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._size = size
 
+    def add(self, hashes: Iterable[str]) -> None:
+        """Content validated elsewhere (the prevalidation worker): its hashes count as validated."""
+        for chash in hashes:
+            self._remember(chash)
+
     def validate(self, resource: dict[str, Any], chash: str) -> None:
         if chash in self._seen:
             self._seen.move_to_end(chash)
             return
         validate(resource)
+        self._remember(chash)
+
+    def _remember(self, chash: str) -> None:
         self._seen[chash] = None
+        self._seen.move_to_end(chash)
         if len(self._seen) > self._size:
             self._seen.popitem(last=False)
 
@@ -89,6 +100,8 @@ class Ingestor:
         self.batch_size = batch_size
         self.clock = clock
         self.cache = ValidatedCache()
+        #: Set by the caller for large runs: validates the next batch in a worker process.
+        self.prevalidator: Prevalidator | None = None
 
     async def run(
         self, source: str, items: Iterable[Item], input_name: str, progress: ProgressFn | None = None
@@ -96,7 +109,19 @@ class Ingestor:
         """Ingest every item; returns the report (also stored with the run)."""
         report = IngestReport(source, input_name)
         report.run_id = await self._start_run(source, input_name)
-        for batch in _batches(items, self.batch_size):
+        # With a prevalidator, the next batches are validated in worker processes while this one is
+        # written; ``ahead`` holds them in order with their pending results.
+        ahead: deque[tuple[list[Item], asyncio.Future[list[str]] | None]] = deque()
+        batches = _batches(items, self.batch_size)
+        depth = self.prevalidator.workers if self.prevalidator else 0
+        while True:
+            while len(ahead) <= depth and (batch := next(batches, None)) is not None:
+                ahead.append((batch, self.prevalidator.submit(batch) if self.prevalidator else None))
+            if not ahead:
+                break
+            batch, validated = ahead.popleft()
+            if validated is not None:
+                self.cache.add(await validated)
             delta = await self._commit(batch, report.run_id)
             _add(report, delta)
             if progress:
@@ -211,18 +236,13 @@ class Ingestor:
         batch: _Batch,
     ) -> None:
         """Validate one mapped record and stage its writes, or quarantine it whole."""
-        contribution_resource = {
-            "resourceType": "Patient",
-            "id": m.patient_id,
-            "meta": {"profile": [UKCORE_PATIENT]},
-            **m.contribution,
-        }
-        chash = content_hash(contribution_resource)
+        patient = contribution_resource(m)
+        chash = content_hash(patient)
         staged: list[Version] = []
         outcomes: list[str] = []
         local_current = dict(current)
         try:
-            self.cache.validate(contribution_resource, chash)
+            self.cache.validate(patient, chash)
             for resource in m.resources:
                 key = (resource["resourceType"], resource["id"])
                 rhash = content_hash(resource)

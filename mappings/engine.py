@@ -124,6 +124,9 @@ class Mapped:
     warnings: list[MappingIssue] = field(default_factory=list)
 
 
+_Step = Callable[["_Scope", dict[str, Any]], bool]
+
+
 class _Scope:
     __slots__ = ("context", "index", "item", "root", "warnings")
 
@@ -168,6 +171,19 @@ def _blank(value: Any) -> bool:
     return _empty(value.strip() if isinstance(value, str) else value)
 
 
+def _getter(name: str) -> Callable[[_Scope], Any]:
+    """Where a field name reads from: ``$context``, ``^root`` or the current item (dotted paths allowed)."""
+    if name.startswith("$"):
+        key = name[1:]
+        return lambda scope: scope.context.get(key)
+    if name.startswith("^"):
+        path = name[1:]
+        return lambda scope: _dig(scope.root, path)
+    if "." not in name:
+        return lambda scope: scope.item.get(name)
+    return lambda scope: _dig(scope.item, name)
+
+
 def _empty(value: Any) -> bool:
     return value is None or value == "" or value == [] or value == {}
 
@@ -190,6 +206,7 @@ class Engine:
             "coding": self._coding,
             "concept": self._concept,
         }
+        self._programs: dict[int, tuple[ResourceSpec, _Step]] = {}
 
     def check(self, spec: ResourceSpec) -> None:
         """Fail fast on a spec naming a transform or terminology map that does not exist."""
@@ -215,59 +232,96 @@ class Engine:
         """
         out = Mapped({})
         scope = _Scope(item, root, 0, out.warnings, context or {})
-        self._apply_rules(spec.rules, scope, out.body)
-        out.body = _pruned(out.body)
+        if self._compiled(spec)(scope, out.body):
+            out.body = _pruned(out.body)
         return out
 
-    def _apply_rules(self, rules: Sequence[Rule], scope: _Scope, target: dict[str, Any]) -> None:
-        for rule in rules:
-            if rule.each:
-                items = scope.get(rule.field) if rule.field else None
-                if items is None:
-                    continue
-                if not isinstance(items, list):
-                    raise MappingError(
-                        MappingIssue("field-not-a-list", rule.field, "expected a list of items")
-                    )
-                for i, sub in enumerate(items, start=1):
-                    element: dict[str, Any] = {}
-                    sub_item = sub if isinstance(sub, Mapping) else {"value": sub}
-                    self._apply_rules(
-                        rule.each, _Scope(sub_item, scope.root, i, scope.warnings, scope.context), element
-                    )
-                    if element:
-                        _set(target, rule.element, element)
-                continue
-            if rule.when and all(_blank(scope.get(name)) for name in rule.when):
-                continue
-            value = self._value(rule, scope)
-            if _empty(value):
-                if rule.required:
-                    reason = (
-                        "nhs-number-missing" if "nhs-number" in rule.transform else "required-field-missing"
-                    )
-                    raise MappingError(MappingIssue(reason, rule.field, f"{rule.field} is required"))
-                continue
-            _set(target, rule.element, value)
+    def _compiled(self, spec: ResourceSpec) -> _Step:
+        """The spec's rules as one function, compiled once per spec (specs are immutable)."""
+        found = self._programs.get(id(spec))
+        if found is None or found[0] is not spec:
+            found = (spec, self._compile_rules(spec.rules))
+            self._programs[id(spec)] = found
+        return found[1]
 
-    def _value(self, rule: Rule, scope: _Scope) -> Any:
-        if rule.field is not None:
-            value = scope.get(rule.field)
-        elif rule.template is not None:
-            value = _render(rule.template, scope)
-        else:
-            # A constant list or dict is copied: resources must never share (and later mutate) it.
-            value = copy.deepcopy(rule.value) if isinstance(rule.value, (dict, list)) else rule.value
-        if isinstance(value, str):
-            value = value.strip()
-        if rule.default is not None and _empty(value):
-            value = rule.default
-        for t in rule.transform:
+    def _compile_rules(self, rules: Sequence[Rule]) -> _Step:
+        steps = [self._compile(rule) for rule in rules]
+
+        def run(scope: _Scope, target: dict[str, Any]) -> bool:
+            """Apply the rules to ``target``; True if a list was padded (empty filler may remain)."""
+            padded = False
+            for step in steps:
+                padded |= step(scope, target)
+            return padded
+
+        return run
+
+    def _compile(self, rule: Rule) -> _Step:
+        return self._compile_each(rule) if rule.each else self._compile_value(rule)
+
+    def _compile_each(self, rule: Rule) -> _Step:
+        inner = self._compile_rules(rule.each)
+        items_of = _getter(rule.field) if rule.field else (lambda scope: None)
+        element_path = rule.element
+
+        def each(scope: _Scope, target: dict[str, Any]) -> bool:
+            items = items_of(scope)
+            if items is None:
+                return False
+            if not isinstance(items, list):
+                raise MappingError(MappingIssue("field-not-a-list", rule.field, "expected a list of items"))
+            padded = False
+            for i, sub in enumerate(items, start=1):
+                element: dict[str, Any] = {}
+                sub_item = sub if isinstance(sub, Mapping) else {"value": sub}
+                padded |= inner(_Scope(sub_item, scope.root, i, scope.warnings, scope.context), element)
+                if element:
+                    padded |= _set(target, element_path, element)
+            return padded
+
+        return each
+
+    def _compile_value(self, rule: Rule) -> _Step:
+        source = self._source(rule)
+        transforms = [
+            (self._transforms[name], arg) for name, _, arg in (t.partition(":") for t in rule.transform)
+        ]
+        when = [_getter(name) for name in rule.when]
+        default, required, path = rule.default, rule.required, rule.element
+        missing_reason = "nhs-number-missing" if "nhs-number" in rule.transform else "required-field-missing"
+
+        def step(scope: _Scope, target: dict[str, Any]) -> bool:
+            if when and all(_blank(get(scope)) for get in when):
+                return False
+            value = source(scope)
+            if isinstance(value, str):
+                value = value.strip()
+            if default is not None and _empty(value):
+                value = default
+            for transform, arg in transforms:
+                if _empty(value):
+                    break
+                value = transform(value, arg, scope, rule)
             if _empty(value):
-                return None
-            name, _, arg = t.partition(":")
-            value = self._transforms[name](value, arg, scope, rule)
-        return value
+                if required:
+                    raise MappingError(MappingIssue(missing_reason, rule.field, f"{rule.field} is required"))
+                return False
+            return _set(target, path, value)
+
+        return step
+
+    @staticmethod
+    def _source(rule: Rule) -> Callable[[_Scope], Any]:
+        if rule.field is not None:
+            return _getter(rule.field)
+        if rule.template is not None:
+            template = rule.template
+            return lambda scope: _render(template, scope)
+        constant = rule.value
+        if isinstance(constant, (dict, list)):
+            # A constant list or dict is copied: resources must never share (and later mutate) it.
+            return lambda scope: copy.deepcopy(constant)
+        return lambda scope: constant
 
     def _lookup(self, value: Any, table_id: str, scope: _Scope, rule: Rule) -> tuple[Any, bool]:
         code = _text(value)
@@ -340,9 +394,11 @@ def _parse_path(path: str) -> tuple[tuple[str, int | None, bool], ...]:
     return tuple(parts)
 
 
-def _set(target: dict[str, Any], path: str, value: Any) -> None:
+def _set(target: dict[str, Any], path: str, value: Any) -> bool:
+    """Write ``value`` at ``path``; True if a list had to be padded to reach an index."""
     parts = _parse_path(path)
     node: Any = target
+    padded = False
     last_n = len(parts) - 1
     for n, (name, index, append) in enumerate(parts):
         last = n == last_n
@@ -356,17 +412,19 @@ def _set(target: dict[str, Any], path: str, value: Any) -> None:
         if append:
             if last:
                 seq.extend(value) if isinstance(value, list) else seq.append(value)
-                return
+                return padded
             seq.append({})
             node = seq[-1]
             continue
         assert index is not None
+        padded |= index > len(seq)
         while len(seq) <= index:
             seq.append({})
         if last:
             seq[index] = value
         else:
             node = seq[index]
+    return padded
 
 
 def _text(value: Any) -> str | None:

@@ -17,7 +17,7 @@ from adapters.records import SourceRecord
 from mappings.engine import ODS_SYSTEM, Engine, MappingError, MappingIssue
 from mappings.ids import IdMaker
 from mappings.specs import SourceSpecs
-from mappings.validate import NHS_NUMBER_SYSTEM
+from mappings.validate import NHS_NUMBER_SYSTEM, UKCORE_PATIENT
 
 SOURCE_ID_BASE: Final = "https://fhir.concord.health/Id"
 
@@ -103,6 +103,12 @@ class Mapper:
                 provenance(self.ids, record.source, f"CarePlan/{plan_id}", [local], source_ods, "CarePlan")
             )
         return out
+
+
+def contribution_resource(m: MappedRecord) -> dict[str, Any]:
+    """A source's contribution as a Patient of its own (validated before it joins the shared Patient)."""
+    meta = {"profile": [UKCORE_PATIENT]}
+    return {"resourceType": "Patient", "id": m.patient_id, "meta": meta, **m.contribution}
 
 
 def nhs_number_of(patient: Mapping[str, Any]) -> str | None:

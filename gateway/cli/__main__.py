@@ -1,3 +1,4 @@
 from gateway.cli import main
 
-main()
+if __name__ == "__main__":  # the guard matters: ingest's worker process re-imports the main module
+    main()

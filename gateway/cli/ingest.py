@@ -14,6 +14,7 @@ from adapters.records import AdapterError, Item
 from adapters.registry import ADAPTERS, adapter_for
 from gateway.bootstrap import Services
 from gateway.cli.common import err, run, write_json
+from gateway.prevalidate import Prevalidator
 from gateway.report import EXIT_FAILED, IngestReport
 
 
@@ -25,6 +26,7 @@ def ingest(source: str, path: Path, as_json: bool) -> None:
     """Ingest one extract file (or - for standard input).
 
     Good records are stored, bad ones quarantined with their reason (see `concord quarantine`).
+    Inputs over 1 MiB are validated ahead in worker processes (CONCORD_INGEST_WORKERS; 0: none).
     Exit code: 0 all records accepted, 1 some quarantined, 2 the file could not be read.
     """
     adapter = adapter_for(source)
@@ -35,7 +37,7 @@ def ingest(source: str, path: Path, as_json: bool) -> None:
         sys.exit(EXIT_FAILED)
 
     async def body(services: Services) -> IngestReport:
-        with stream, _progress() as advance:
+        with stream, _progress() as advance, _prevalidation(services, path):
             items: Iterator[Item] = adapter.read(stream)
             return await services.ingestor.run(source, items, path.name, advance)
 
@@ -73,6 +75,26 @@ def _progress() -> Iterator[Callable[[int], None]]:
 
     with bar:
         yield advance
+
+
+#: Below this an input is ingested in one process: starting a worker costs more than it saves.
+PREVALIDATE_FROM_BYTES = 1024 * 1024
+
+
+@contextmanager
+def _prevalidation(services: Services, path: Path) -> Iterator[None]:
+    """Validation of the next batch in a worker process, for large inputs (gateway.prevalidate)."""
+    large = str(path) != "-" and path.stat().st_size >= PREVALIDATE_FROM_BYTES
+    workers = services.settings.resolved_ingest_workers()
+    if not (workers and large):
+        yield
+        return
+    services.ingestor.prevalidator = Prevalidator(services.settings.resolved_id_key(), workers)
+    try:
+        yield
+    finally:
+        services.ingestor.prevalidator.close()
+        services.ingestor.prevalidator = None
 
 
 def print_summary(report: IngestReport) -> None:
