@@ -9,7 +9,7 @@ import click
 import orjson
 
 from gateway.synth.defects import EFFECTS, DefectPlan
-from gateway.synth.population import population
+from gateway.synth.population import MAX_PEOPLE, population
 
 FILES = {
     "gp": "gp.csv",
@@ -20,7 +20,13 @@ FILES = {
 
 
 @click.command()
-@click.option("--people", default=10_000, show_default=True, help="How many synthetic people.")
+@click.option(
+    "--people",
+    default=10_000,
+    show_default=True,
+    type=click.IntRange(0, MAX_PEOPLE),
+    help=f"How many synthetic people (at most {MAX_PEOPLE}: the 999 test range).",
+)
 @click.option("--seed", default=7, show_default=True, help="Same seed, same extracts.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--defect-rate", default=0.02, show_default=True, help="Share of records with a defect.")

@@ -175,8 +175,17 @@ _UNIT_LETTERS = "ABDEFGHJLNPQRSTUWXY"
 LTC_CODES = ("LTC-DM", "LTC-COPD", "LTC-HF", "LTC-AST", "LTC-HTN", "DEM", "MH")
 
 
+#: Valid NHS numbers in the 999 test range (prefixes 999000000-999999999 whose check digit exists).
+MAX_PEOPLE = 909_091
+
+
 def population(people: int, seed: int) -> Iterator[Person]:
-    """``people`` synthetic people; the same seed gives the same people."""
+    """``people`` synthetic people; the same seed gives the same people.
+
+    At most MAX_PEOPLE: synthetic people only ever get test-range NHS numbers.
+    """
+    if not 0 <= people <= MAX_PEOPLE:
+        raise ValueError(f"between 0 and {MAX_PEOPLE} synthetic people (the 999 test range holds no more)")
     rng = random.Random(seed)
     numbers = nhs_numbers()
     for index in range(people):

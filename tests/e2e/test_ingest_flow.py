@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mappings import nhs_number
+from mappings.ukcore import Conformance
 from mappings.validate import validate
 
 SOURCES = {
@@ -94,6 +95,17 @@ def test_export_is_one_patient_per_nhs_number_and_all_valid(flow: dict) -> None:
     assert {f"CarePlan/{cp['id']}" for cp in care_plans} <= targets
     for resource in patients + care_plans + provenance:
         validate(resource)
+
+
+def test_every_exported_patient_and_care_plan_conforms_to_uk_core(flow: dict) -> None:
+    fixtures = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+    conformance = Conformance.load([fixtures / "ukcore-definitions", fixtures / "r4-definitions"])
+    problems = []
+    for name, require in (("Patient", ["Patient.identifier:nhsNumber"]), ("CarePlan", [])):
+        for line in (flow["export"] / f"{name}.ndjson").read_text().splitlines():
+            resource = json.loads(line)
+            problems += [(name, p) for p in conformance.check(resource, require=require)]
+    assert problems == []
 
 
 def test_view_prints_the_shared_care_view(flow: dict) -> None:

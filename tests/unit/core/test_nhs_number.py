@@ -211,3 +211,11 @@ def test_normalise_undoes_formatting(number: str) -> None:
 def test_valid_exactly_when_the_last_digit_is_the_check_digit(prefix: str, last: str) -> None:
     expected = reference_check_digit(prefix)
     assert is_valid(prefix + last) == (expected is not None and int(last) == expected)
+
+
+def test_the_synthetic_population_cannot_outgrow_the_test_range() -> None:
+    from gateway.synth.population import MAX_PEOPLE, nhs_numbers, population
+
+    assert sum(1 for _ in nhs_numbers()) == MAX_PEOPLE
+    with pytest.raises(ValueError, match="test range"):
+        next(population(MAX_PEOPLE + 1, seed=1))

@@ -1,0 +1,142 @@
+"""What ingest leaves in the store, on SQLite and PostgreSQL: versions and outbox, replay, conflicts, merges."""
+
+from __future__ import annotations
+
+import io
+
+import orjson
+from sqlalchemy import func, select
+
+from adapters.acute import AcuteAdapter
+from adapters.fhir import FhirBundleAdapter
+from adapters.gp import COLUMNS, GpAdapter
+from gateway.bootstrap import Services
+from gateway.ingest import Ingestor
+from gateway.report import IngestReport
+from gateway.store import quarantine
+from gateway.store.resources import history, read_current
+from gateway.store.schema import conflicts, contributions, outbox, resource_history
+from mappings.engine import Engine
+from mappings.mapper import Mapper
+from mappings.specs import load_specs
+from mappings.terminology import Concept, ConceptMapTable, load_tables
+
+NHS = "9990000018"
+
+
+def gp_row(**cells: str) -> str:
+    values = dict.fromkeys(COLUMNS, "")
+    values.update(
+        practice_ods="Y90001",
+        gp_patient_id="GP1",
+        nhs_number=NHS,
+        nhs_number_status="01",
+        family_name="Davies",
+        given_names="Amelia",
+        date_of_birth="1944-07-30",
+        sex="F",
+        plan_id="GP1-CP1",
+        plan_type="LTC-DM",
+        plan_status="ACTIVE",
+        plan_start="2024-05-04",
+        activities="HBA1C|SCHEDULED|2025-01-01",
+        recorded_at="2024-05-04T09:00:00+00:00",
+    )
+    values.update(cells)
+    return ",".join(COLUMNS) + "\n" + ",".join(values[c] for c in COLUMNS) + "\n"
+
+
+async def ingest_gp(services: Services, text: str) -> IngestReport:
+    return await services.ingestor.run("gp", GpAdapter().read(io.StringIO(text)), "gp.csv")
+
+
+async def test_a_changed_record_makes_a_new_version_with_history_and_one_outbox_row_each(
+    services: Services,
+) -> None:
+    await ingest_gp(services, gp_row())
+    report = await ingest_gp(services, gp_row(family_name="Davies-Okafor"))
+    assert (report.changed, report.new, report.unchanged) == (1, 0, 0)
+    patient_id = services.mapper.ids.patient(NHS)
+    async with services.engine.connect() as conn:
+        versions = [orjson.loads(v) for v in await history(conn, "Patient", patient_id)]
+        current = orjson.loads(await read_current(conn, "Patient", patient_id) or b"{}")
+        versions_written = (
+            await conn.execute(select(func.count()).select_from(resource_history))
+        ).scalar_one()
+        queued = (await conn.execute(select(func.count()).select_from(outbox))).scalar_one()
+    assert [v["meta"]["versionId"] for v in versions] == ["2", "1"]
+    assert [v["name"][0]["family"] for v in versions] == ["Davies-Okafor", "Davies"]
+    assert current == versions[0]
+    assert versions[0]["meta"]["lastUpdated"] >= versions[1]["meta"]["lastUpdated"]
+    assert queued == versions_written  # every version written queued exactly one publication
+
+
+async def test_a_quarantined_record_replays_once_its_map_is_fixed(services: Services) -> None:
+    first = await ingest_gp(services, gp_row(plan_status="PENDING-REVIEW"))
+    assert dict(first.quarantined) == {"unknown-code": 1}
+    async with services.engine.connect() as conn:
+        (held,) = await quarantine.listing(conn)
+    adapters = {"gp": GpAdapter()}
+
+    again = await services.ingestor.replay([held.id], adapters)
+    assert dict(again.quarantined) == {"unknown-code": 1}
+    async with services.engine.connect() as conn:
+        assert [q.status for q in await quarantine.listing(conn, status=None)] == ["open"]
+
+    tables = dict(load_tables())
+    status = tables["careplan-status"]
+    tables["careplan-status"] = ConceptMapTable(
+        status.id,
+        status.title,
+        status.source_system,
+        {**status.entries, "PENDING-REVIEW": Concept("http://hl7.org/fhir/request-status", "draft", "Draft")},
+    )
+    fixed = Ingestor(services.engine, Mapper(load_specs(), Engine(tables), services.mapper.ids))
+    replayed = await fixed.replay([held.id], adapters)
+    assert (replayed.accepted, replayed.quarantined_total) == (1, 0)
+    async with services.engine.connect() as conn:
+        assert [q.status for q in await quarantine.listing(conn, status=None)] == ["replayed"]
+        assert await quarantine.listing(conn) == []
+
+
+async def test_two_dates_of_birth_are_reported_not_resolved(services: Services) -> None:
+    await ingest_gp(services, gp_row())
+    patient = {
+        "resourceType": "Patient",
+        "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": NHS}],
+        "birthDate": "1944-03-07",
+    }
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"fullUrl": "urn:uuid:1", "resource": patient}],
+    }
+    report = await services.ingestor.run(
+        "fhir", FhirBundleAdapter().read(io.BytesIO(orjson.dumps(bundle))), "b.json"
+    )
+    assert dict(report.conflicts) == {"birthDate": 1}
+    async with services.engine.connect() as conn:
+        rows = (await conn.execute(select(conflicts.c.element, conflicts.c.sources))).all()
+        shared = orjson.loads(await read_current(conn, "Patient", services.mapper.ids.patient(NHS)) or b"{}")
+    assert [tuple(r) for r in rows] == [("birthDate", "fhir,gp")]
+    assert shared["birthDate"] == "1944-07-30"  # the GP's, by precedence; the other is only reported
+
+
+def adt(event: str, pid: str, *more: str) -> bytes:
+    msh = f"MSH|^~\\&|PAS|R9Z01|CONCORD|ICB|20260401120000||ADT^{event}|C{event}|P|2.5"
+    return "\r".join([msh, f"EVN|{event}|20260401120000", pid, *more]).encode() + b"\r"
+
+
+async def test_an_hl7_merge_retires_the_old_hospital_number(services: Services) -> None:
+    old = f"PID|1||H1^^^R9Z01^MR~{NHS}^^^NHS^NH||Smith^Ann||19500102|F"
+    new = f"PID|1||H2^^^R9Z01^MR~{NHS}^^^NHS^NH||Smith^Ann||19500102|F"
+    await services.ingestor.run("acute", AcuteAdapter().read(io.BytesIO(adt("A01", old))), "a.hl7")
+    report = await services.ingestor.run(
+        "acute", AcuteAdapter().read(io.BytesIO(adt("A40", new, "MRG|H1^^^R9Z01^MR"))), "b.hl7"
+    )
+    assert report.accepted == 1
+    async with services.engine.connect() as conn:
+        held = (
+            await conn.execute(select(contributions.c.local_id).where(contributions.c.source == "acute"))
+        ).all()
+    assert [r[0] for r in held] == ["H2"]
