@@ -6,7 +6,13 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.audit.keys import signing_key
+from gateway.audit.log import AuditLog
+from gateway.decisions import Decider, LocalDecider, RedisDecider, StoreDecider
+from gateway.disclosure import Disclosure
+from gateway.fence import FileFence
 from gateway.ingest import Ingestor
+from gateway.register import ConsentRegister
 from gateway.settings import Settings
 from gateway.store.database import create_engine, migrate
 from mappings.engine import Engine
@@ -22,19 +28,52 @@ class Services:
     engine: AsyncEngine
     mapper: Mapper
     ingestor: Ingestor
+    log: AuditLog
+    decider: Decider
+    register: ConsentRegister
+    disclosure: Disclosure
 
-    async def close(self) -> None:
-        await self.engine.dispose()
+    async def close(self, sign: bool = True) -> None:
+        """Sign whatever the log holds unsigned (the shutdown checkpoint), then disconnect."""
+        try:
+            if sign:
+                await self.log.checkpoint()
+        finally:
+            await self.decider.close()
+            await self.engine.dispose()
 
 
 def build_mapper(settings: Settings) -> Mapper:
     return Mapper(load_specs(), Engine(load_tables()), IdMaker(settings.resolved_id_key()))
 
 
+def build_decider(settings: Settings, engine: AsyncEngine) -> Decider:
+    """Redis when configured; else a shared-memory fence beside a SQLite store; else the store itself."""
+    if settings.redis_url:
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        return RedisDecider(engine, client, settings.consent_cache_seconds)
+    path = settings.sqlite_path()
+    if path is not None:
+        return LocalDecider(
+            engine, FileFence(path.with_name(path.name + ".consent-fence")), settings.consent_cache_seconds
+        )
+    return StoreDecider(engine)
+
+
 async def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Services:
     """Connect, migrate (idempotent), and wire the services. Callers must ``await services.close()``."""
+    key = signing_key(settings)  # before connecting: a missing key stops start-up with nothing open
     engine = create_engine(settings)
     if run_migrations:
         await migrate(engine)
     mapper = build_mapper(settings)
-    return Services(settings, engine, mapper, Ingestor(engine, mapper, settings.ingest_batch_size))
+    log = AuditLog(engine, key, settings.audit_checkpoint_entries)
+    decider = build_decider(settings, engine)
+    register = ConsentRegister(engine, log, decider, mapper.ids, settings.sharing_policy_uri)
+    ingestor = Ingestor(engine, mapper, settings.ingest_batch_size)
+    ingestor.register = register
+    return Services(
+        settings, engine, mapper, ingestor, log, decider, register, Disclosure(engine, decider, log)
+    )

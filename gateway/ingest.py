@@ -16,7 +16,7 @@ import asyncio
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -25,7 +25,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adapters.records import Item, RecordError, SourceRecord
+from consent.model import Requester, RequesterKind
 from gateway.prevalidate import Prevalidator
+from gateway.register import ConsentRegister, GpOptOut
 from gateway.report import IngestReport
 from gateway.store import people, quarantine
 from gateway.store.dialect import upsert
@@ -83,6 +85,10 @@ class _Batch:
     loaded: set[Key] = field(default_factory=set)
     #: Conflicts found for each rebuilt person (empty list: none any more).
     conflicts: dict[str, list[Conflict]] = field(default_factory=dict)
+    #: GP rows whose opt-out code is new or changed: the consent register follows them.
+    opt_outs: list[GpOptOut] = field(default_factory=list)
+    #: People whose consent changed in this batch, with their new epochs (caches are told after commit).
+    consent_epochs: dict[str, int] = field(default_factory=dict)
 
 
 class Ingestor:
@@ -102,6 +108,9 @@ class Ingestor:
         self.cache = ValidatedCache()
         #: Set by the caller for large runs: validates the next batch in a worker process.
         self.prevalidator: Prevalidator | None = None
+        #: The consent register that opt-out codes in GP extracts update (None: codes are only kept).
+        self.register: ConsentRegister | None = None
+        self.actor = Requester(RequesterKind.SOURCE, "CONCORD", "ingest")
 
     async def run(
         self, source: str, items: Iterable[Item], input_name: str, progress: ProgressFn | None = None
@@ -148,7 +157,10 @@ class Ingestor:
         for attempt in range(_RETRIES):
             try:
                 async with self.engine.begin() as conn:
-                    return await self._apply(conn, items, run_id, replay_of)
+                    batch = await self._apply(conn, items, run_id, replay_of)
+                if batch.consent_epochs and self.register is not None:
+                    await self.register.decider.changed(batch.consent_epochs)
+                return batch.report
             except (ConcurrentWrite, IntegrityError):
                 # Another writer changed the same resources between our read and write.
                 if attempt == _RETRIES - 1:
@@ -157,7 +169,7 @@ class Ingestor:
 
     async def _apply(
         self, conn: AsyncConnection, items: Sequence[Item], run_id: int | None, replay_of: int | None
-    ) -> IngestReport:
+    ) -> _Batch:
         batch = _Batch(self.clock(), IngestReport("", ""))
         mapped = self._map(items, batch)
         stored = await people.load_contributions(conn, {m.nhs_number for _, m in mapped})
@@ -174,6 +186,7 @@ class Ingestor:
             await self._rebuild_person(conn, number, by_person.get(number, {}), current, batch)
         await people.set_conflicts(conn, batch.conflicts, batch.when)
         await write_versions(conn, batch.versions)
+        await self._follow_opt_outs(conn, batch)
         await self._write_quality(conn, batch)
         if replay_of is None:
             await quarantine.add(conn, run_id, batch.errors, batch.when)
@@ -183,7 +196,21 @@ class Ingestor:
             await quarantine.resolve(conn, replay_of, batch.when)
         for e in batch.errors:
             batch.report.quarantined[e.reason] += 1
-        return batch.report
+        return batch
+
+    async def _follow_opt_outs(self, conn: AsyncConnection, batch: _Batch) -> None:
+        """Record (or withdraw) the opt-outs GP rows carry, in this batch's transaction."""
+        if not batch.opt_outs or self.register is None:
+            return
+        epochs, unknown = await self.register.apply_gp_codes(conn, batch.opt_outs, self.actor, "ingest")
+        batch.consent_epochs.update(epochs)
+        for code in unknown:
+            key = (
+                "gp",
+                "opt_out_code",
+                f"unknown opt-out code {code[:40]}: read as local shared care record dissent",
+            )
+            batch.warnings[key] = batch.warnings.get(key, 0) + 1
 
     async def _retire_merged(
         self,
@@ -287,6 +314,16 @@ class Ingestor:
                 m.contribution,
             )
             batch.contributions[(m.source, m.local_id, m.nhs_number)] = contribution
+            if m.source == "gp" and (previous.opt_out_code if previous else None) != m.opt_out_code:
+                batch.opt_outs.append(
+                    GpOptOut(
+                        m.nhs_number,
+                        m.source_ods or "",
+                        m.local_id,
+                        m.opt_out_code,
+                        _instant(m.recorded, batch.when),
+                    )
+                )
             by_person.setdefault(m.nhs_number, {})[(m.source, m.local_id)] = contribution
             batch.touched.add(m.nhs_number)
         for w in m.warnings:
@@ -394,6 +431,11 @@ class Ingestor:
                 .where(ingest_runs.c.id == report.run_id)
                 .values(finished_at=self.clock(), report=orjson.dumps(report.as_dict()).decode())
             )
+
+
+def _instant(recorded: str, fallback: datetime) -> datetime:
+    seconds = recorded_instant(recorded)
+    return datetime.fromtimestamp(seconds, UTC) if seconds is not None else fallback
 
 
 def _older(recorded: str, than: str) -> bool:

@@ -33,6 +33,19 @@ class Settings(BaseSettings):
     #: Worker processes that validate the next batches while the current one is written, used by
     #: `concord ingest` for inputs over 1 MiB. Unset: one per core, at most 4. 0: one process.
     ingest_workers: int | None = Field(default=None, ge=0)
+    #: The ODS code of the organisation running this gateway: operators' command-line actions are its.
+    organisation_ods: str = "CONCORD"
+    #: The data-sharing agreement every opt-out is recorded against (Consent.policy.uri).
+    sharing_policy_uri: str = "https://fhir.concord.health/policy/borough-data-sharing-agreement"
+    #: Longest life of a cached consent decision, in seconds. A consent change is honoured at once
+    #: regardless (docs/consent.md); this bounds the wait when Redis cannot be told of a change.
+    consent_cache_seconds: float = Field(default=30.0, gt=0, le=3600)
+    #: The log's Ed25519 private key (PEM). Unset: generated in ``data_dir`` (embedded default only).
+    audit_signing_key_file: Path | None = None
+    #: Sign a checkpoint after this many unsigned entries (also on an interval and at shutdown).
+    audit_checkpoint_entries: int = Field(default=1000, ge=1)
+    #: Sign a checkpoint this often while serving, in seconds, if any entry is unsigned.
+    audit_checkpoint_seconds: float = Field(default=60.0, gt=0)
 
     def resolved_ingest_workers(self) -> int:
         if self.ingest_workers is not None:
@@ -46,6 +59,12 @@ class Settings(BaseSettings):
 
     def is_sqlite(self) -> bool:
         return self.resolved_database_url().startswith("sqlite")
+
+    def sqlite_path(self) -> Path | None:
+        url = self.resolved_database_url()
+        if not url.startswith("sqlite") or ":memory:" in url:
+            return None
+        return Path(url.split(":///", 1)[1])
 
     def resolved_id_key(self) -> bytes:
         if self.id_key:

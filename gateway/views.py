@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store.resources import read_for_person
-from mappings import nhs_number as nhs
 
 
 def bundle(
@@ -28,16 +27,10 @@ def bundle(
     return head + b',"entry":[' + b",".join(parts) + b"]}"
 
 
-async def shared_view(conn: AsyncConnection, nhs_number: str) -> bytes | None:
-    """One person's shared care view: the Patient, every source's CarePlans, and their Provenance.
+async def load_person(engine: AsyncEngine, nhs_number: str) -> list[tuple[str, str, bytes]]:
+    """One person's shared care view as stored: the Patient, every source's CarePlans, their Provenance.
 
-    None when the store holds nothing for that NHS number (or it is not a valid one).
+    Only the disclosure function calls this (as its loader), after a permit.
     """
-    try:
-        number = nhs.normalise(nhs_number)
-    except nhs.NhsNumberError:
-        return None
-    entries = await read_for_person(conn, number)
-    if not entries:
-        return None
-    return bundle(entries)
+    async with engine.connect() as conn:
+        return await read_for_person(conn, nhs_number)

@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from gateway.audit.keys import write_private_key
 from gateway.bootstrap import Services, bootstrap
 from gateway.settings import Settings
 
@@ -65,9 +67,12 @@ async def postgres_settings(tmp_path: Path) -> AsyncIterator[Settings]:
     admin = create_async_engine(POSTGRES_URL)
     async with admin.begin() as conn:
         await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    key_file = tmp_path / "audit-signing.key"
+    write_private_key(key_file, Ed25519PrivateKey.generate())
     try:
         yield Settings(
             data_dir=tmp_path / "data",
+            audit_signing_key_file=key_file,
             database_url=POSTGRES_URL,
             database_schema=schema,
             id_key=TEST_ID_KEY,

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from gateway.cli import data, demo, ingest, mappings, quarantine, synth
+from gateway.cli import audit, consent, data, demo, ingest, mappings, quarantine, synth
 from gateway.report import EXIT_FAILED
 
 
@@ -29,6 +29,8 @@ cli.add_command(data.quality)
 cli.add_command(data.db)
 cli.add_command(mappings.mappings)
 cli.add_command(quarantine.quarantine)
+cli.add_command(consent.consent)
+cli.add_command(audit.audit)
 
 
 def main() -> None:

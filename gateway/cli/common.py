@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import click
 import orjson
 from rich.console import Console
 
+from consent.model import Requester, RequesterKind
+from gateway.audit.keys import SigningKeyError
 from gateway.bootstrap import Services, bootstrap
 from gateway.settings import Settings
 
@@ -17,15 +22,22 @@ T = TypeVar("T")
 err = Console(stderr=True)
 
 
-def run(body: Callable[[Services], Awaitable[T]]) -> T:
-    """Bootstrap services from the environment, run ``body``, close everything."""
+def run(body: Callable[[Services], Awaitable[T]], sign_on_close: bool = True) -> T:
+    """Bootstrap services from the environment, run ``body``, close everything.
+
+    Closing signs a checkpoint over entries the command appended (``sign_on_close``), so a
+    command line run never leaves the log's tail unsigned; ``verify`` opts out to only read.
+    """
 
     async def main() -> T:
-        services = await bootstrap(Settings())
+        try:
+            services = await bootstrap(Settings())
+        except SigningKeyError as exc:
+            raise click.ClickException(str(exc)) from None
         try:
             return await body(services)
         finally:
-            await services.close()
+            await services.close(sign=sign_on_close)
 
     return asyncio.run(main())
 
@@ -33,3 +45,16 @@ def run(body: Callable[[Services], Awaitable[T]]) -> T:
 def write_json(value: Any) -> None:
     sys.stdout.buffer.write(orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n")
     sys.stdout.flush()
+
+
+def operator(settings: Settings) -> Requester:
+    """The person at the command line, acting for the organisation that runs this gateway."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return Requester(RequesterKind.OPERATOR, settings.organisation_ods, f"cli:{user}")
+
+
+def request_id() -> str:
+    return f"cli-{uuid.uuid4().hex}"

@@ -47,7 +47,9 @@ def demo(people: int, seed: int, out_dir: Path) -> None:
     click.echo(
         "\nNext:\n"
         f"  concord view 9990000018            # one person's shared care view (FHIR Bundle)\n"
-        f"  concord export --out {out_dir}/export  # Patient/CarePlan/Provenance NDJSON\n"
+        f"  concord export --out {out_dir}/export --purpose direct-care  # NDJSON, opt-outs applied\n"
+        "  concord consent opt-out 9990000018 # record an opt-out; `view` then shows nothing\n"
+        "  concord audit verify               # check the tamper-evident log of every decision\n"
         "  concord quality                    # conflicts, unknown codes, quarantine by reason\n"
         "  concord quarantine list            # every record not accepted, and why\n"
         "  concord mappings show --source gp  # which source field lands where"

@@ -173,6 +173,37 @@ async def stream_type(conn: AsyncConnection, resource_type: str, page: int = 100
             last = rid
 
 
+async def stream_type_by_person(
+    conn: AsyncConnection, resource_type: str, page: int = 1000
+) -> AsyncIterator[tuple[str | None, bytes]]:
+    """Like ``stream_type``, with each resource's NHS number (for screening by the disclosure function)."""
+    last = ""
+    while True:
+        rows = (
+            await conn.execute(
+                select(resources.c.id, resources.c.nhs_number, resources.c.content)
+                .where(resources.c.resource_type == resource_type, resources.c.id > last)
+                .order_by(resources.c.id)
+                .limit(page)
+            )
+        ).all()
+        if not rows:
+            return
+        for rid, number, content in rows:
+            yield number, content.encode()
+            last = rid
+
+
+async def refs_for_person(conn: AsyncConnection, nhs_number: str) -> list[str]:
+    """References (``Type/id/_history/version``) of a person's current resources, without their content."""
+    rows = await conn.execute(
+        select(resources.c.resource_type, resources.c.id, resources.c.version_id)
+        .where(resources.c.nhs_number == nhs_number)
+        .order_by(resources.c.resource_type, resources.c.id)
+    )
+    return [f"{t}/{i}/_history/{v}" for t, i, v in rows]
+
+
 async def count_by_type(conn: AsyncConnection) -> dict[str, int]:
     rows = await conn.execute(
         select(resources.c.resource_type, func.count()).group_by(resources.c.resource_type)

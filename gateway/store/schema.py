@@ -7,6 +7,9 @@
 - ``quarantine``: records that could not be read or mapped, with why, replayable.
 - ``ingest_runs``: one row per ingest, with its report.
 - ``conflicts`` and ``unknown_codes``: the data-quality report.
+- ``consents``: the opt-out register, one row per opt-out (withdrawal keeps the row), as FHIR Consent.
+- ``audit_log``, ``audit_checkpoints``, ``audit_head``: the tamper-evident log (consent/chain.py
+  defines its format); ``audit_head`` is the one row appenders lock to extend the chain in order.
 """
 
 from __future__ import annotations
@@ -134,4 +137,71 @@ unknown_codes = Table(
     Column("detail", String(255), primary_key=True),
     Column("occurrences", BigInteger, nullable=False),
     Column("last_seen", DateTime(timezone=True), nullable=False),
+)
+
+consents = Table(
+    "consents",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("nhs_number", String(10), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("authority", String(40), nullable=False),
+    Column("source", String(20), nullable=False),
+    #: Where a GP-extract opt-out came from (practice and patient id), so a re-read finds it again.
+    Column("source_ref", String(160), nullable=True),
+    Column("recorded_by", String(128), nullable=False),
+    Column("recorded_by_ods", String(20), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("withdrawn_at", DateTime(timezone=True), nullable=True),
+    Column("withdrawn_by", String(128), nullable=True),
+    Column("withdrawal_authority", String(40), nullable=True),
+    #: The log entry of the last change: the person's consent epoch is the highest of these.
+    Column("change_seq", BigInteger, nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("content", Text, nullable=False),
+    Index("ix_consents_nhs_number", "nhs_number"),
+    Index("ix_consents_source_ref", "source_ref"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", String(32), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("action", String(20), nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("requester_kind", String(20), nullable=False),
+    Column("org_ods", String(20), nullable=False),
+    Column("client_id", String(128), nullable=False),
+    Column("nhs_number", String(10), nullable=True),
+    Column("purpose", String(20), nullable=True),
+    Column("decision", String(8), nullable=True),
+    Column("reason", String(48), nullable=True),
+    Column("consent_id", String(64), nullable=True),
+    Column("detail", Text, nullable=False),
+    Column("entry_hash", String(64), nullable=False),
+    Index("ix_audit_log_nhs_number", "nhs_number", "seq"),
+    Index("ix_audit_log_org", "org_ods", "seq"),
+    Index("ix_audit_log_at", "at"),
+)
+
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("entry_hash", String(64), nullable=False),
+    Column("signed_at", String(32), nullable=False),
+    Column("key_id", String(16), nullable=False),
+    Column("signature", Text, nullable=False),
+)
+
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("entry_hash", String(64), nullable=False),
+    Column("checkpoint_seq", BigInteger, nullable=False),
 )

@@ -38,7 +38,7 @@ def flow(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     first = {
         s: concord(data, "ingest", "--json", "--source", s, str(extracts / f)) for s, f in SOURCES.items()
     }
-    exported = concord(data, "export", "--out", str(export))
+    exported = concord(data, "export", "--out", str(export), "--purpose", "direct-care")
     second = {
         s: concord(data, "ingest", "--json", "--source", s, str(extracts / f)) for s, f in SOURCES.items()
     }

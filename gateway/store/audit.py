@@ -1,0 +1,109 @@
+"""The log's tables: extend the chain under the head lock, keep checkpoints, read entries back.
+
+Appenders in any number of processes serialise on the one ``audit_head`` row:
+the first statement of an append is an UPDATE of that row, which takes
+PostgreSQL's row lock (or SQLite's write lock) before the head is read, so two
+appenders can never extend the chain from the same entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Select, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from consent.chain import ENTRY_FIELDS, Checkpoint, Entry, StoredEntry, link
+from gateway.store.schema import audit_checkpoints, audit_head, audit_log
+
+
+@dataclass(slots=True)
+class Head:
+    seq: int
+    entry_hash: str
+    checkpoint_seq: int
+
+
+async def lock_head(conn: AsyncConnection) -> Head:
+    """Take the append lock (held until the transaction ends) and read the chain's head."""
+    await conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq))
+    row = (await conn.execute(select(audit_head).where(audit_head.c.id == 1))).mappings().one()
+    return Head(row["seq"], row["entry_hash"], row["checkpoint_seq"])
+
+
+async def append_entries(conn: AsyncConnection, head: Head, entries: Sequence[Entry]) -> Head:
+    """Extend the chain from ``head`` (which the caller locked) and move the head."""
+    if not entries:
+        return head
+    previous = bytes.fromhex(head.entry_hash)
+    seq = head.seq
+    rows = []
+    for entry in entries:
+        seq += 1
+        previous = link(previous, seq, entry)
+        row = {name: getattr(entry, name) for name in ENTRY_FIELDS}
+        row["seq"] = seq
+        row["entry_hash"] = previous.hex()
+        rows.append(row)
+    await conn.execute(audit_log.insert(), rows)
+    head = Head(seq, previous.hex(), head.checkpoint_seq)
+    await conn.execute(
+        update(audit_head).where(audit_head.c.id == 1).values(seq=head.seq, entry_hash=head.entry_hash)
+    )
+    return head
+
+
+async def save_checkpoint(conn: AsyncConnection, head: Head, checkpoint: Checkpoint) -> Head:
+    await conn.execute(
+        audit_checkpoints.insert().values(
+            seq=checkpoint.seq,
+            entry_hash=checkpoint.entry_hash,
+            signed_at=checkpoint.signed_at,
+            key_id=checkpoint.key_id,
+            signature=checkpoint.signature,
+        )
+    )
+    await conn.execute(update(audit_head).where(audit_head.c.id == 1).values(checkpoint_seq=checkpoint.seq))
+    return Head(head.seq, head.entry_hash, checkpoint.seq)
+
+
+async def read_head(conn: AsyncConnection) -> Head:
+    row = (await conn.execute(select(audit_head).where(audit_head.c.id == 1))).mappings().one()
+    return Head(row["seq"], row["entry_hash"], row["checkpoint_seq"])
+
+
+async def last_checkpoint(conn: AsyncConnection) -> Checkpoint | None:
+    row = (
+        await conn.execute(select(audit_checkpoints).order_by(audit_checkpoints.c.seq.desc()).limit(1))
+    ).first()
+    return Checkpoint(*row) if row else None
+
+
+async def checkpoints(conn: AsyncConnection) -> list[Checkpoint]:
+    rows = await conn.execute(select(audit_checkpoints).order_by(audit_checkpoints.c.seq))
+    return [Checkpoint(*r) for r in rows]
+
+
+_ENTRY_COLUMNS = [audit_log.c[name] for name in ENTRY_FIELDS]
+
+
+async def stream_entries(
+    conn: AsyncConnection, query: Select[tuple[object, ...]] | None = None, chunk: int = 20_000
+) -> AsyncIterator[list[StoredEntry]]:
+    """Entries in ``seq`` order, a chunk at a time (keyset paging: memory stays flat)."""
+    base = query if query is not None else select(audit_log.c.seq, *_ENTRY_COLUMNS, audit_log.c.entry_hash)
+    after = 0
+    while True:
+        rows = (
+            await conn.execute(base.where(audit_log.c.seq > after).order_by(audit_log.c.seq).limit(chunk))
+        ).all()
+        if not rows:
+            return
+        yield [StoredEntry(r[0], Entry(*r[1:-1]), r[-1]) for r in rows]
+        after = rows[-1][0]
+
+
+def entries_query() -> Select[tuple[object, ...]]:
+    """The columns ``stream_entries`` expects; callers add filters with ``.where``."""
+    return select(audit_log.c.seq, *_ENTRY_COLUMNS, audit_log.c.entry_hash)
