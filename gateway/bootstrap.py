@@ -53,7 +53,9 @@ def build_decider(settings: Settings, engine: AsyncEngine) -> Decider:
         from redis.asyncio import Redis
 
         client = Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        return RedisDecider(engine, client, settings.consent_cache_seconds)
+        return RedisDecider(
+            engine, client, settings.consent_cache_seconds, prefix=f"{settings.redis_prefix}consent:"
+        )
     path = settings.sqlite_path()
     if path is not None:
         return LocalDecider(

@@ -150,7 +150,6 @@ return 1
 """
 
 EPOCH_TTL: Final = 7 * 24 * 3600
-CHANGES_CHANNEL: Final = "concord:consent:changes"
 
 
 class RedisDecider(StoreDecider):
@@ -235,7 +234,7 @@ class RedisDecider(StoreDecider):
     async def _announce(self, people: int) -> None:
         # For listeners that act on changes (the publisher retracts); correctness never depends on it.
         with contextlib.suppress(*REDIS_ERRORS):
-            await self.redis.publish(CHANGES_CHANNEL, str(people))
+            await self.redis.publish(f"{self.prefix}changes", str(people))
 
     async def close(self) -> None:
         await self.redis.aclose()

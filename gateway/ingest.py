@@ -397,14 +397,7 @@ class Ingestor:
     async def _write_quality(self, conn: AsyncConnection, batch: _Batch) -> None:
         if not batch.warnings:
             return
-        stmt = upsert(conn, unknown_codes, ["source", "field", "detail"], ["last_seen"])
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["source", "field", "detail"],
-            set_={
-                "occurrences": unknown_codes.c.occurrences + stmt.excluded.occurrences,
-                "last_seen": stmt.excluded.last_seen,
-            },
-        )
+        stmt = upsert(conn, unknown_codes, ["source", "field", "detail"], ["last_seen"], add=["occurrences"])
         await conn.execute(
             stmt,
             [

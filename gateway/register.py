@@ -67,6 +67,8 @@ class ImportReport:
     recorded: int = 0
     already: int = 0
     withdrawn: int = 0
+    #: ``replace`` was asked for but the file had invalid lines, so nothing was withdrawn.
+    replace_refused: bool = False
     #: (line number, reason): the NHS number itself is not repeated here.
     invalid: list[tuple[int, str]] = field(default_factory=list)
 
@@ -76,6 +78,7 @@ class ImportReport:
             "recorded": self.recorded,
             "already": self.already,
             "withdrawn": self.withdrawn,
+            "replace_refused": self.replace_refused,
             "invalid": [{"line": n, "reason": r} for n, r in self.invalid],
         }
 
@@ -199,7 +202,11 @@ class ConsentRegister:
                 batch = []
         if batch:
             await self._import_batch(batch, kind, authority, actor, request_id, report)
-        if replace_all:
+        if replace_all and report.invalid:
+            # A damaged line may be someone still opted out: withdrawing on a damaged list would
+            # resume sharing by mistake, so nothing is withdrawn until the file reads cleanly.
+            report.replace_refused = True
+        elif replace_all:
             await self._withdraw_unlisted(listed, kind, authority, actor, request_id, report)
         return report
 

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     #: PostgreSQL schema to use (search_path); unset: the server's default (public).
     database_schema: str | None = None
     redis_url: str | None = None
+    #: Prefix of every Redis key concord writes: deployments (or test runs) sharing a Redis keep apart.
+    redis_prefix: str = "concord:"
     hie_url: str | None = None
     #: Secret that keys resource ids (HMAC), so an id in a URL does not reveal an NHS number.
     #: Unset: generated once in ``data_dir``. Several processes must share one value.

@@ -9,6 +9,8 @@ signs whatever is unsigned (called on an interval and at shutdown).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -17,6 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from consent.chain import Checkpoint, Entry, key_id, sign_checkpoint
 from gateway.store.audit import Head, append_entries, lock_head, save_checkpoint
+
+logger = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -69,3 +73,16 @@ class AuditLog:
         return await save_checkpoint(
             conn, head, sign_checkpoint(self.key, head.seq, head.entry_hash, self.clock())
         )
+
+
+async def sign_periodically(log: AuditLog, every_seconds: float) -> None:
+    """Sign unsigned entries every ``every_seconds`` until cancelled (a serving process runs this).
+
+    A failed attempt is retried at the next tick: the entries stay covered by the chain meanwhile.
+    """
+    while True:
+        await asyncio.sleep(every_seconds)
+        try:
+            await log.checkpoint()
+        except Exception:  # noqa: BLE001 - a store hiccup must not end the signer; the next tick retries
+            logger.warning("signing an audit checkpoint failed; retrying at the next interval")

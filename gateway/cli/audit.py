@@ -161,3 +161,8 @@ def checkpoint() -> None:
         click.echo("nothing unsigned")
     else:
         click.echo(f"signed entry {cp.seq} with key {cp.key_id}")
+
+
+from gateway.cli.audit_export import export as _export  # noqa: E402
+
+audit.add_command(_export)

@@ -136,7 +136,8 @@ def show(nhs_number: str, as_fhir: bool) -> None:
     "--replace",
     "replace_all",
     is_flag=True,
-    help="The file is the complete list: withdraw imported opt-outs of this kind that it no longer has.",
+    help="The file is the complete list: withdraw imported opt-outs of this kind that it no longer has "
+    "(refused while any line is invalid).",
 )
 @click.option("--json", "as_json", is_flag=True)
 def import_(path: Path, kind: str, authority: str, replace_all: bool, as_json: bool) -> None:
@@ -166,5 +167,7 @@ def import_(path: Path, kind: str, authority: str, replace_all: bool, as_json: b
         )
         for line, reason in report.invalid:
             click.echo(f"  line {line}: {reason}")
+        if report.replace_refused:
+            click.echo("--replace not applied: fix the invalid lines first (nothing was withdrawn)")
     if report.invalid:
         sys.exit(EXIT_PARTIAL)

@@ -10,12 +10,21 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 
-def upsert(conn: AsyncConnection, table: Table, keys: Sequence[str], update: Sequence[str]) -> Any:
-    """INSERT ... ON CONFLICT (keys) DO UPDATE SET update = excluded.update, for either dialect."""
+def upsert(
+    conn: AsyncConnection,
+    table: Table,
+    keys: Sequence[str],
+    update: Sequence[str],
+    add: Sequence[str] = (),
+) -> Any:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE, for either dialect.
+
+    Columns in ``update`` take the new row's value; columns in ``add`` are summed with it (counters).
+    """
     module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = module.insert(table)
-    if not update:
+    if not update and not add:
         return stmt.on_conflict_do_nothing(index_elements=list(keys))
-    return stmt.on_conflict_do_update(
-        index_elements=list(keys), set_={name: stmt.excluded[name] for name in update}
-    )
+    changes: dict[str, Any] = {name: stmt.excluded[name] for name in update}
+    changes.update({name: table.c[name] + stmt.excluded[name] for name in add})
+    return stmt.on_conflict_do_update(index_elements=list(keys), set_=changes)

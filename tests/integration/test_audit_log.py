@@ -1,0 +1,62 @@
+"""Appending to the log: concurrent appenders keep one unbroken chain; checkpoints get signed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from consent.chain import Entry, Kind, key_id
+from gateway.audit.log import AuditLog, sign_periodically
+from gateway.audit.verify import verify_store
+from gateway.bootstrap import Services
+from gateway.store.audit import read_head
+
+
+def entry(n: int) -> Entry:
+    return Entry(
+        at=f"2026-11-24T10:00:{n % 60:02d}.000000Z",
+        kind=Kind.DISCLOSURE,
+        action="read",
+        request_id=f"r{n}",
+        requester_kind="provider",
+        org_ods="RY4",
+        client_id="community-epr",
+        nhs_number="9990000018",
+        purpose="direct-care",
+        decision="permit",
+        reason="no-objection",
+    )
+
+
+async def test_concurrent_appenders_extend_one_chain(services: Services) -> None:
+    log = AuditLog(services.engine, services.log.key, checkpoint_every=7)
+
+    async def writer(w: int) -> None:
+        for i in range(10):
+            await log.append([entry(w * 100 + i), entry(w * 100 + i + 50)])
+
+    await asyncio.gather(*(writer(w) for w in range(4)))
+    public = services.log.key.public_key()
+    verified = await verify_store(services.engine, {key_id(public): public})
+    assert verified.result.ok, verified.result.problem
+    assert verified.result.entries == 80
+    assert verified.result.checkpoints >= 80 // 7 - 1
+
+
+async def test_the_periodic_signer_covers_the_tail(services: Services) -> None:
+    await services.log.append([entry(1), entry(2)])
+    async with services.engine.connect() as conn:
+        assert (await read_head(conn)).checkpoint_seq == 0
+    signer = asyncio.create_task(sign_periodically(services.log, 0.02))
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            async with services.engine.connect() as conn:
+                if (await read_head(conn)).checkpoint_seq == 2:
+                    break
+        async with services.engine.connect() as conn:
+            assert (await read_head(conn)).checkpoint_seq == 2
+    finally:
+        signer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await signer
