@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consent.chain import Entry, Kind, detail, timestamp
 from consent.decide import decide
 from consent.model import Decision, Facts, Reason, Requester, Verdict
-from gateway.audit.log import AuditLog
 from gateway.decisions import Decider
 from gateway.store.consents import people_with_opt_outs
 from gateway.store.resources import refs_for_person
@@ -37,6 +37,12 @@ from gateway.store.resources import refs_for_person
 log = logging.getLogger(__name__)
 
 Loaded = list[tuple[str, str, bytes]]
+
+
+class Appender(Protocol):
+    """Where decisions are logged: the ``AuditLog`` itself, or a ``BatchedAppender`` in a server."""
+
+    async def append(self, entries: Sequence[Entry]) -> Any: ...
 
 
 class DisclosureUnavailable(RuntimeError):
@@ -69,7 +75,7 @@ def utcnow() -> datetime:
 
 class Disclosure:
     def __init__(
-        self, engine: AsyncEngine, decider: Decider, log: AuditLog, clock: Callable[[], datetime] = utcnow
+        self, engine: AsyncEngine, decider: Decider, log: Appender, clock: Callable[[], datetime] = utcnow
     ) -> None:
         self.engine = engine
         self.decider = decider

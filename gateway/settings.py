@@ -48,6 +48,19 @@ class Settings(BaseSettings):
     audit_checkpoint_entries: int = Field(default=1000, ge=1)
     #: Sign a checkpoint this often while serving, in seconds, if any entry is unsigned.
     audit_checkpoint_seconds: float = Field(default=60.0, gt=0)
+    #: The API's public base URL, as clients reach it (the token URL, the ``aud`` of client
+    #: assertions, is this plus ``/token``; FHIR base is this plus ``/fhir``).
+    public_url: str = "http://127.0.0.1:8080"
+    #: Secret that signs this gateway's own access tokens (HMAC-SHA256). Unset: generated in
+    #: ``data_dir`` (embedded default only). Every API process must share one value.
+    token_secret: str | None = Field(default=None, repr=False)
+    #: Life of an access token, in seconds (SMART Backend Services: at most 300).
+    token_seconds: int = Field(default=300, gt=0, le=300)
+    #: Largest request body accepted, in bytes.
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    #: Largest page a search returns (``_count`` above it is capped); and the default page.
+    max_page_size: int = Field(default=100, gt=0)
+    default_page_size: int = Field(default=20, gt=0)
 
     def resolved_ingest_workers(self) -> int:
         if self.ingest_workers is not None:
@@ -71,12 +84,23 @@ class Settings(BaseSettings):
     def resolved_id_key(self) -> bytes:
         if self.id_key:
             return self.id_key.encode()
-        path = self.data_dir / "id.key"
+        return self._generated_secret("id.key")
+
+    def resolved_token_secret(self) -> bytes:
+        if self.token_secret:
+            return self.token_secret.encode()
+        if not self.is_sqlite():
+            raise ValueError("CONCORD_TOKEN_SECRET must be set outside the embedded default")
+        return self._generated_secret("token.key")
+
+    def _generated_secret(self, name: str) -> bytes:
+        """A random secret made once in ``data_dir`` (the embedded default's convenience)."""
+        path = self.data_dir / name
         if not path.exists():
             import secrets
 
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(secrets.token_hex(32))
             tmp.chmod(0o600)
             tmp.replace(path)

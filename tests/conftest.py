@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures"
 TEST_ID_KEY = "0123456789abcdef0123456789abcdef"
+TEST_TOKEN_SECRET = "test-token-secret-0123456789abcdef0123456789"
 POSTGRES_URL = os.environ.get(
     "CONCORD_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
@@ -73,6 +74,7 @@ async def postgres_settings(tmp_path: Path) -> AsyncIterator[Settings]:
         yield Settings(
             data_dir=tmp_path / "data",
             audit_signing_key_file=key_file,
+            token_secret=TEST_TOKEN_SECRET,
             database_url=POSTGRES_URL,
             database_schema=schema,
             id_key=TEST_ID_KEY,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 from consent.chain import Entry, Kind, key_id
+from gateway.audit.batcher import BatchedAppender
 from gateway.audit.log import AuditLog, sign_periodically
 from gateway.audit.verify import verify_store
 from gateway.bootstrap import Services
@@ -60,3 +61,34 @@ async def test_the_periodic_signer_covers_the_tail(services: Services) -> None:
         signer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await signer
+
+
+class CountingLog(AuditLog):
+    appends = 0
+
+    async def append(self, entries):  # type: ignore[no-untyped-def]
+        self.appends += 1
+        return await super().append(entries)
+
+
+async def test_group_commit_shares_transactions_and_keeps_every_entry(services: Services) -> None:
+    log = CountingLog(services.engine, services.log.key)
+    batcher = BatchedAppender(log, max_batch=16)
+    await asyncio.gather(*(batcher.append([entry(n)]) for n in range(50)))
+    public = services.log.key.public_key()
+    verified = await verify_store(services.engine, {key_id(public): public})
+    assert verified.result.ok and verified.result.entries == 50
+    assert 50 // 16 <= log.appends < 50
+
+
+async def test_group_commit_failure_reaches_every_waiting_request(services: Services) -> None:
+    await services.engine.dispose()
+    broken = AuditLog(services.engine, services.log.key)
+
+    async def fail(entries):  # type: ignore[no-untyped-def]
+        raise RuntimeError("store down")
+
+    broken.append = fail  # type: ignore[method-assign]
+    batcher = BatchedAppender(broken)
+    results = await asyncio.gather(*(batcher.append([entry(n)]) for n in range(5)), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)

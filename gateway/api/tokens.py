@@ -1,0 +1,73 @@
+"""This gateway's own access tokens: short-lived JWTs signed with HMAC-SHA256.
+
+Client assertions at ``/token`` are rare and verified with the client's public
+key (RS384/ES384/RS512). The access tokens we issue are checked on every
+request, so they are HMAC-signed (about 250 times cheaper to verify than a
+P-384 signature): only the gateway's processes, which share the secret, need
+to verify them. They live at most 300 seconds and there are no refresh tokens.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+import jwt
+
+from gateway.api.outcome import Unauthorized
+from gateway.api.principal import Principal, Role
+
+ALGORITHM = "HS256"
+
+
+class AccessTokens:
+    def __init__(self, secret: bytes, issuer: str, lifetime: int = 300) -> None:
+        if len(secret) < 32:
+            raise ValueError("token secret must be at least 32 bytes")
+        self._secret = secret
+        self.issuer = issuer
+        self.lifetime = lifetime
+
+    def issue(self, principal: Principal, scopes: frozenset[str] | None = None) -> tuple[str, int]:
+        """A token for ``principal`` carrying ``scopes`` (default: all it was granted); (token, lifetime)."""
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": self.issuer,
+            "sub": principal.client_id,
+            "iat": now,
+            "exp": now + self.lifetime,
+            "jti": secrets.token_hex(12),
+            "scope": " ".join(sorted(scopes if scopes is not None else principal.scopes)),
+            "name": principal.name,
+            "ods": principal.ods_code,
+            "role": principal.role.value,
+        }
+        if principal.source:
+            claims["src"] = principal.source
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM), self.lifetime
+
+    def verify(self, token: str) -> Principal:
+        """The principal a valid token stands for; ``Unauthorized`` for anything else (no detail leaks)."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                audience=self.issuer,
+                issuer=self.issuer,
+                options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+            )
+            return Principal(
+                client_id=str(claims["sub"]),
+                name=str(claims.get("name", "")),
+                ods_code=str(claims["ods"]),
+                role=Role(claims["role"]),
+                scopes=frozenset(str(claims.get("scope", "")).split()),
+                source=claims.get("src"),
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("access token expired", code="expired") from None
+        except (jwt.InvalidTokenError, KeyError, ValueError):
+            raise Unauthorized("access token invalid") from None

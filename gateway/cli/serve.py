@@ -1,0 +1,3 @@
+"""``concord serve``: the API (and, later, the publisher) under uvicorn."""
+
+from __future__ import annotations
