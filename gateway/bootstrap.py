@@ -12,6 +12,7 @@ from gateway.decisions import Decider, LocalDecider, RedisDecider, StoreDecider
 from gateway.disclosure import Disclosure
 from gateway.fence import FileFence
 from gateway.ingest import Ingestor
+from gateway.publish.signal import OutboxSignal
 from gateway.register import ConsentRegister
 from gateway.settings import Settings
 from gateway.store.database import create_engine, migrate
@@ -32,6 +33,7 @@ class Services:
     decider: Decider
     register: ConsentRegister
     disclosure: Disclosure
+    signal: OutboxSignal
 
     async def close(self, sign: bool = True) -> None:
         """Sign whatever the log holds unsigned (the shutdown checkpoint), then disconnect."""
@@ -73,9 +75,14 @@ async def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Servi
     mapper = build_mapper(settings)
     log = AuditLog(engine, key, settings.audit_checkpoint_entries)
     decider = build_decider(settings, engine)
+    signal = OutboxSignal(
+        decider.redis if isinstance(decider, RedisDecider) else None, f"{settings.redis_prefix}outbox"
+    )
     register = ConsentRegister(engine, log, decider, mapper.ids, settings.sharing_policy_uri)
+    register.on_commit = signal.changed
     ingestor = Ingestor(engine, mapper, settings.ingest_batch_size)
     ingestor.register = register
+    ingestor.on_commit = signal.changed
     return Services(
-        settings, engine, mapper, ingestor, log, decider, register, Disclosure(engine, decider, log)
+        settings, engine, mapper, ingestor, log, decider, register, Disclosure(engine, decider, log), signal
     )

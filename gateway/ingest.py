@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -111,6 +111,8 @@ class Ingestor:
         #: The consent register that opt-out codes in GP extracts update (None: codes are only kept).
         self.register: ConsentRegister | None = None
         self.actor = Requester(RequesterKind.SOURCE, "CONCORD", "ingest")
+        #: Called after each batch commits (wakes publishers: the batch wrote outbox rows).
+        self.on_commit: Callable[[], Awaitable[None]] | None = None
 
     async def run(
         self, source: str, items: Iterable[Item], input_name: str, progress: ProgressFn | None = None
@@ -160,6 +162,8 @@ class Ingestor:
                     batch = await self._apply(conn, items, run_id, replay_of)
                 if batch.consent_epochs and self.register is not None:
                     await self.register.decider.changed(batch.consent_epochs)
+                if batch.versions or batch.consent_epochs:
+                    await self._committed()
                 return batch.report
             except (ConcurrentWrite, IntegrityError):
                 # Another writer changed the same resources between our read and write.
@@ -197,6 +201,10 @@ class Ingestor:
         for e in batch.errors:
             batch.report.quarantined[e.reason] += 1
         return batch
+
+    async def _committed(self) -> None:
+        if self.on_commit is not None:
+            await self.on_commit()
 
     async def _follow_opt_outs(self, conn: AsyncConnection, batch: _Batch) -> None:
         """Record (or withdraw) the opt-outs GP rows carry, in this batch's transaction."""

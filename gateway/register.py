@@ -10,11 +10,12 @@ its change forbids.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from consent.chain import Entry, Kind, detail, timestamp
@@ -33,6 +34,7 @@ from gateway.store.consents import (
     save_withdrawal,
     version_of,
 )
+from gateway.store.schema import consents, outbox
 from mappings import nhs_number as nhs
 from mappings.ids import IdMaker
 
@@ -99,6 +101,8 @@ class ConsentRegister:
         self.ids = ids
         self.policy_uri = policy_uri
         self.clock = clock
+        #: Called after each change commits and the caches know (wakes publishers to retract).
+        self.on_commit: Callable[[], Awaitable[None]] | None = None
 
     async def facts(self, nhs_number: str) -> Facts:
         async with self.engine.connect() as conn:
@@ -137,6 +141,8 @@ class ConsentRegister:
             )
             head, epochs = await self._record(conn, head, [(opt_out, 0)], actor, request_id)
         await self.decider.changed(epochs)
+        if self.on_commit is not None:
+            await self.on_commit()
         return Change(opt_out, "opt-out", True)
 
     async def withdraw(
@@ -165,6 +171,8 @@ class ConsentRegister:
                 return []
             head, epochs = await self._record(conn, head, pending, actor, request_id)
         await self.decider.changed(epochs)
+        if self.on_commit is not None:
+            await self.on_commit()
         return [Change(o, "withdraw", True) for o, _ in pending]
 
     async def import_numbers(
@@ -251,6 +259,8 @@ class ConsentRegister:
             head, epochs = await self._record(conn, head, pending, actor, request_id)
         report.recorded += len(pending)
         await self.decider.changed(epochs)
+        if self.on_commit is not None:
+            await self.on_commit()
 
     async def _withdraw_unlisted(
         self,
@@ -261,10 +271,6 @@ class ConsentRegister:
         request_id: str,
         report: ImportReport,
     ) -> None:
-        from sqlalchemy import select
-
-        from gateway.store.schema import consents
-
         async with self.engine.begin() as conn:
             head = await lock_head(conn)
             rows = await conn.execute(
@@ -287,6 +293,8 @@ class ConsentRegister:
             head, epochs = await self._record(conn, head, pending, actor, request_id)
         report.withdrawn += len(pending)
         await self.decider.changed(epochs)
+        if self.on_commit is not None:
+            await self.on_commit()
 
     async def apply_gp_codes(
         self, conn: AsyncConnection, rows: Sequence[GpOptOut], actor: Requester, request_id: str
@@ -386,4 +394,20 @@ class ConsentRegister:
                 )
             )
         head = await self.log.append_locked(conn, head, entries)
+        # The publisher hears of every change in the same transaction: an opt-out retracts what the
+        # HIE holds for the person, a withdrawal republishes it.
+        now = self.clock()
+        await conn.execute(
+            outbox.insert(),
+            [
+                {
+                    "nhs_number": o.nhs_number,
+                    "resource_type": "Consent",
+                    "resource_id": o.id,
+                    "version_id": version + 1,
+                    "created_at": now,
+                }
+                for o, version in pending
+            ],
+        )
         return head, epochs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,7 +27,32 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     #: Prefix of every Redis key concord writes: deployments (or test runs) sharing a Redis keep apart.
     redis_prefix: str = "concord:"
+    #: The regional HIE's FHIR base URL. Unset: publishing is off.
     hie_url: str | None = None
+    #: The HIE's ODS code (the recipient named in the log for every publication).
+    hie_ods: str = "HIE"
+    #: How concord authenticates to the HIE: none (a local stub), oauth2 (client credentials with a
+    #: signed JWT assertion, as SMART Backend Services) or mtls (a client certificate).
+    hie_auth: Literal["none", "oauth2", "mtls"] = "none"
+    hie_token_url: str | None = None
+    hie_client_id: str | None = None
+    #: oauth2: the private key (PEM) that signs assertions; mtls: the client certificate's key.
+    hie_key_file: Path | None = None
+    hie_key_id: str | None = None
+    hie_cert_file: Path | None = None
+    hie_ca_file: Path | None = None
+    #: Deliveries in flight at once per publisher process.
+    publish_concurrency: int = Field(default=8, ge=1, le=256)
+    #: How long a publisher holds a claimed person; a crashed publisher's people come back after it.
+    publish_lease_seconds: float = Field(default=30.0, gt=0)
+    #: How often an idle publisher looks for work (Redis, when configured, wakes it sooner).
+    publish_poll_seconds: float = Field(default=1.0, gt=0)
+    #: Backoff between retries: first delay and cap, in seconds (exponential with full jitter).
+    publish_backoff_seconds: float = Field(default=0.5, gt=0)
+    publish_backoff_cap_seconds: float = Field(default=300.0, gt=0)
+    #: HIE timeouts: connect, and each socket read (a read that hangs after the headers).
+    hie_connect_timeout: float = Field(default=5.0, gt=0)
+    hie_read_timeout: float = Field(default=30.0, gt=0)
     #: Secret that keys resource ids (HMAC), so an id in a URL does not reveal an NHS number.
     #: Unset: generated once in ``data_dir``. Several processes must share one value.
     id_key: str | None = Field(default=None, repr=False)

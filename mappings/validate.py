@@ -72,8 +72,9 @@ def validate(resource: Mapping[str, Any]) -> None:
         raise ValidationFailure("fhir-invalid", "resourceType missing")
     try:
         model = get_fhir_model_class(resource_type)
-    except KeyError as exc:
-        raise ValidationFailure("fhir-unsupported-type", f"unknown resourceType {resource_type}") from exc
+    except (KeyError, ValueError) as exc:  # fhir.resources 8 raises ValueError for an unknown type
+        message = f"unknown resourceType {resource_type[:40]}"
+        raise ValidationFailure("fhir-unsupported-type", message) from exc
     try:
         model.model_validate(resource)
     except ValidationError as exc:

@@ -8,13 +8,13 @@ can never turn the suite green.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from reachable import POSTGRES_URL, need_service
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -27,23 +27,6 @@ SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures"
 TEST_ID_KEY = "0123456789abcdef0123456789abcdef"
 TEST_TOKEN_SECRET = "test-token-secret-0123456789abcdef0123456789"
-POSTGRES_URL = os.environ.get(
-    "CONCORD_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
-REDIS_URL = os.environ.get("CONCORD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def need_service(name: str, host: str, port: int) -> None:
-    """Skip (locally) or fail (in CI) unless ``host:port`` accepts connections."""
-    try:
-        with socket.create_connection((host, port), timeout=2):
-            return
-    except OSError:
-        message = f"{name} at {host}:{port} is not reachable"
-        if IN_CI:
-            pytest.fail(message + " (CI=true: services are required)")
-        pytest.skip(message)
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import uuid
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -19,6 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.api.metrics import install_metrics
+from gateway.api.middleware import install_middleware
 from gateway.api.outcome import FHIR_JSON, ApiError, outcome_bytes
 from gateway.api.tokens import AccessTokens
 from gateway.audit.batcher import BatchedAppender
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         built = services if services is not None else await bootstrap(settings)
         # Requests log their decisions through group commit: one transaction for all in flight.
         built.disclosure.log = BatchedAppender(built.log)
+        install_metrics(app, built)
         app.state.services = built
         app.state.tokens = AccessTokens(
             settings.resolved_token_secret(), settings.public_url.rstrip("/"), settings.token_seconds
@@ -61,15 +63,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     app.state.settings = settings
 
-    @app.middleware("http")
-    async def request_id(request: Request, call_next):  # type: ignore[no-untyped-def]
-        rid = request.headers.get("x-request-id", "")
-        if not rid or len(rid) > 64 or not rid.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            rid = uuid.uuid4().hex
-        request.state.request_id = rid
-        response: Response = await call_next(request)
-        response.headers["X-Request-ID"] = rid
-        return response
+    install_middleware(app, settings)  # request ids, access log, metrics, body limits, gzip
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> Response:

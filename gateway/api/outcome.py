@@ -77,3 +77,18 @@ def operation_outcome(code: str, diagnostics: str, severity: str = "error") -> d
 
 def outcome_bytes(code: str, diagnostics: str, severity: str = "error") -> bytes:
     return orjson.dumps(operation_outcome(code, diagnostics, severity))
+
+
+def ignored_parameters(names: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """The OperationOutcome reporting search parameters ignored under lenient handling."""
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "warning",
+                "code": "not-supported",
+                "diagnostics": f"search parameter {name} is not supported and was ignored",
+            }
+            for name in dict.fromkeys(names)
+        ],
+    }

@@ -26,7 +26,7 @@ from gateway.store.schema import audit_log
 CHUNK: Final = 5000
 
 
-def _parse(value: str) -> date | datetime:
+def parse_when(value: str) -> date | datetime:
     """An ISO date (``2024-05-01``) or date-time; a date-time without an offset is UTC."""
     text = value.strip()
     try:
@@ -51,7 +51,7 @@ def _text(when: datetime) -> str:
 
 def since_bound(value: str) -> str:
     """The earliest ``at`` an entry may have: a date means the start of that day (UTC)."""
-    when = _parse(value)
+    when = parse_when(value)
     if not isinstance(when, datetime):
         when = datetime.combine(when, time.min, UTC)
     return _text(when)
@@ -59,7 +59,7 @@ def since_bound(value: str) -> str:
 
 def until_bound(value: str) -> str:
     """The latest ``at`` an entry may have: a date means the end of that day (UTC), inclusive."""
-    when = _parse(value)
+    when = parse_when(value)
     if not isinstance(when, datetime):
         # The log keeps microseconds, so the day's last microsecond is the whole day.
         when = datetime.combine(when, time.max, UTC)

@@ -6,7 +6,20 @@ import sys
 
 import click
 
-from gateway.cli import audit, consent, data, demo, ingest, mappings, quarantine, synth
+from gateway.cli import (
+    audit,
+    clients,
+    consent,
+    data,
+    demo,
+    hie_stub,
+    ingest,
+    mappings,
+    publish,
+    quarantine,
+    serve,
+    synth,
+)
 from gateway.report import EXIT_FAILED
 
 
@@ -31,6 +44,11 @@ cli.add_command(mappings.mappings)
 cli.add_command(quarantine.quarantine)
 cli.add_command(consent.consent)
 cli.add_command(audit.audit)
+cli.add_command(hie_stub.hie_stub)
+cli.add_command(serve.serve)
+cli.add_command(clients.clients)
+cli.add_command(clients.token)
+cli.add_command(publish.publish)
 
 
 def main() -> None:

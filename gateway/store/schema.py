@@ -83,6 +83,12 @@ outbox = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("status", String(16), nullable=False, server_default="pending"),
     Column("attempts", Integer, nullable=False, server_default="0"),
+    #: Not before this time (a retry's backoff); NULL: at once.
+    Column("available_at", DateTime(timezone=True), nullable=True),
+    #: The publisher holding the row and until when (a crashed publisher's rows come back after it).
+    Column("claimed_by", String(64), nullable=True),
+    Column("claimed_until", DateTime(timezone=True), nullable=True),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
     Index("ix_outbox_status_id", "status", "id"),
 )
 
@@ -204,4 +210,81 @@ audit_head = Table(
     Column("seq", BigInteger, nullable=False),
     Column("entry_hash", String(64), nullable=False),
     Column("checkpoint_seq", BigInteger, nullable=False),
+)
+
+# API clients (SMART Backend Services): one row per client organisation, with its public JWK Set.
+# A client is never deleted (the log names it); ``disabled_at`` refuses it tokens from that moment.
+api_clients = Table(
+    "api_clients",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("ods_code", String(20), nullable=False),
+    #: provider | source | ig-auditor | admin (gateway.api.principal.Role).
+    Column("role", String(20), nullable=False),
+    #: Registered SMART system scopes, space-separated.
+    Column("scopes", Text, nullable=False),
+    #: For role ``source``: the one source whose records it may write (e.g. ``social-care``).
+    Column("source", String(20), nullable=True),
+    #: The client's public JWK Set (JSON); private keys are refused at registration.
+    Column("jwks", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("disabled_at", DateTime(timezone=True), nullable=True),
+    Index("ux_api_clients_name", "name", unique=True),
+)
+
+# Client-assertion ids already used, kept until the assertion's own ``exp`` (replay protection that
+# needs no Redis; with Redis it is still written: Redis is never the only copy).
+used_jtis = Table(
+    "used_jtis",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("jti", String(255), primary_key=True),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index("ix_used_jtis_expires_at", "expires_at"),
+)
+
+# Idempotency keys of the push endpoints: a repeated request with the same key gets the first answer.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("status", Integer, nullable=True),
+    Column("response", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# What the HIE holds per person, and the per-person lease that keeps one publisher per person at a time
+# (so an older view can never overtake a newer one on the wire).
+hie_people = Table(
+    "hie_people",
+    metadata,
+    Column("nhs_number", String(10), primary_key=True),
+    #: none | published | retracted
+    Column("state", String(16), nullable=False),
+    #: JSON list of ``Type/id/_history/version`` the HIE was last sent for this person.
+    Column("published", Text, nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+    #: X-Request-ID of the delivery in progress: reused by every retry of the same delivery.
+    Column("delivery_id", String(64), nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", String(255), nullable=True),
+    Column("changed_at", DateTime(timezone=True), nullable=True),
+)
+
+# Deliveries the HIE refused for good (4xx other than 408/409/429), with its OperationOutcome.
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("nhs_number", String(10), nullable=False),
+    Column("delivery_id", String(64), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("resolved_at", DateTime(timezone=True), nullable=True),
+    Index("ix_dead_letters_open", "resolved_at", "id"),
 )

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import REDIS_URL, need_service
+from reachable import REDIS_URL, need_service
 
 from gateway.settings import Settings
 

@@ -20,7 +20,9 @@ async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
             yield c
 
 
-async def test_unknown_path_is_an_operation_outcome_with_the_request_id_echoed(client: httpx.AsyncClient) -> None:
+async def test_unknown_path_is_an_operation_outcome_with_the_request_id_echoed(
+    client: httpx.AsyncClient,
+) -> None:
     response = await client.get("/no/such/thing", headers={"X-Request-ID": "abc-123"})
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("application/fhir+json")

@@ -1,0 +1,176 @@
+"""Prometheus metrics for the API: one registry per app, and labels that can never carry patient data.
+
+Contracts:
+
+- Every label value comes from a closed set: the HTTP method (known verbs, else
+  ``OTHER``), the matched route's *template* (``/fhir/Patient/{id}``;
+  ``<unmatched>`` when no route matched), the status class (``2xx``..``5xx``),
+  consent verdict and reason codes, log entry kinds. Never a raw path, a query
+  string, a resource id or an NHS number.
+- Decisions and log appends are counted by wrapping the disclosure's appender
+  (``install_metrics``): a decision counts once its log entry is committed, which
+  is when it takes effect, for single reads and exports alike.
+- Under ``concord serve --workers N`` (``PROMETHEUS_MULTIPROC_DIR`` set before the
+  workers start) values live in shared files and ``/metrics`` reports the sum
+  over all workers, whichever worker answers the scrape.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Final
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    multiprocess,
+    values,
+)
+from prometheus_client.exposition import choose_encoder
+from starlette.applications import Starlette
+from starlette.types import Scope
+
+from consent.chain import Entry, Kind
+from consent.model import Reason, Verdict
+from gateway.bootstrap import Services
+from gateway.disclosure import Appender
+
+UNMATCHED: Final = "<unmatched>"
+METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+VERDICTS: Final = frozenset(v.value for v in Verdict)
+REASONS: Final = frozenset(r.value for r in Reason)
+KINDS: Final = frozenset({Kind.CONSENT_CHANGE, Kind.DISCLOSURE})
+BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def multiprocess_mode() -> bool:
+    """Whether metric values are kept in shared files (decided when prometheus_client was imported)."""
+    return values.ValueClass is not values.MutexValue
+
+
+def route_template(scope: Scope) -> str | None:
+    """The matched route's path template (``/fhir/Patient/{id}``), or None when no route matched."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else None
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status <= 599 else "none"
+
+
+def _bounded(value: str | None, allowed: frozenset[str]) -> str:
+    if value is None:
+        return "none"
+    return value if value in allowed else "other"
+
+
+class Metrics:
+    """The app's instruments, registered in a registry of their own (several apps may share a process)."""
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: noise
+        self.registry = CollectorRegistry()
+        r = self.registry
+        labels = ("method", "route", "status")
+        self.requests = Counter("concord_http_requests", "HTTP requests answered.", labels, registry=r)
+        self.latency = Histogram(
+            "concord_http_request_duration_seconds",
+            "Time from receiving a request to sending the last byte of its response.",
+            labels,
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "concord_http_requests_in_flight",
+            "HTTP requests being handled now.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.rejected = Counter(
+            "concord_http_requests_rejected",
+            "Requests refused by the body checks before the application saw the body.",
+            ("reason",),
+            registry=r,
+        )
+        self.decisions = Counter(
+            "concord_consent_decisions",
+            "Disclosure decisions committed to the audit log, by verdict and reason code.",
+            ("verdict", "reason"),
+            registry=r,
+        )
+        self.audit_entries = Counter(
+            "concord_audit_entries_appended",
+            "Audit log entries this process committed through the disclosure path, by kind.",
+            ("kind",),
+            registry=r,
+        )
+        self.audit_failures = Counter(
+            "concord_audit_append_failures",
+            "Appends to the audit log that failed (the disclosure was withheld: 503).",
+            registry=r,
+        )
+
+    def observe(self, method: str, route: str | None, status: int, seconds: float) -> None:
+        """Count one answered request. ``route`` must be a template or None, never a raw path."""
+        labels = (method if method in METHODS else "OTHER", route or UNMATCHED, status_class(status))
+        self.requests.labels(*labels).inc()
+        self.latency.labels(*labels).observe(seconds)
+
+    def appended(self, entries: Sequence[Entry]) -> None:
+        for entry in entries:
+            self.audit_entries.labels(_bounded(entry.kind, KINDS)).inc()
+            if entry.kind == Kind.DISCLOSURE and entry.decision is not None:
+                self.decisions.labels(
+                    _bounded(entry.decision, VERDICTS), _bounded(entry.reason, REASONS)
+                ).inc()
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition and its content type, in the format ``accept`` asks for (text by default,
+        OpenMetrics on request): this registry, or every worker's values in multiprocess mode."""
+        encode, content_type = choose_encoder(accept)
+        if multiprocess_mode():
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return encode(registry), content_type
+        return encode(self.registry), content_type
+
+    def retire(self) -> None:
+        """At shutdown: drop this process's live gauges from the shared files (multiprocess mode)."""
+        if multiprocess_mode():
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+class CountingAppender:
+    """An ``Appender`` that counts what its inner appender committed (and the appends that failed)."""
+
+    def __init__(self, inner: Appender, metrics: Metrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    async def append(self, entries: Sequence[Entry]) -> Any:
+        try:
+            result = await self.inner.append(entries)
+        except Exception:
+            self.metrics.audit_failures.inc()
+            raise
+        self.metrics.appended(entries)
+        return result
+
+
+def metrics_of(app: Starlette) -> Metrics:
+    """The app's ``Metrics`` (``app.state.metrics``), made on first use."""
+    found = getattr(app.state, "metrics", None)
+    if isinstance(found, Metrics):
+        return found
+    made = Metrics()
+    app.state.metrics = made
+    return made
+
+
+def install_metrics(app: Starlette, services: Services) -> None:
+    """Count decisions and log appends made through ``services.disclosure`` (call once services exist)."""
+    services.disclosure.log = CountingAppender(services.disclosure.log, metrics_of(app))

@@ -1,0 +1,311 @@
+"""The FHIR read API: search, read, vread, history and ``$everything`` for Patient and CarePlan.
+
+Every handler takes the same steps, in this order:
+
+1. scopes, as a dependency: 401/403 before anything is parsed, read or logged;
+2. parse and validate the request (``gateway.api.search``): 400 before anything is read or logged;
+3. resolve the one person: the NHS number a search names, or the owner of the id asked for
+   (only its NHS number is read, never content);
+4. ``services.disclosure.person``: decide, and only on a permit run a loader that reads what
+   this request needs, bound to that person; the decision is logged (one entry) either way;
+5. join the stored bytes into the response.
+
+A person the caller may not see gets what a person concord does not hold gets: an empty
+searchset (total 0) for a search, 404 with the same OperationOutcome for a read, a history
+or ``$everything``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from consent.model import Purpose
+from gateway.api.deps import RequestId, ServicesDep, require
+from gateway.api.fhir_responses import (
+    Link,
+    check_format,
+    fhir,
+    history,
+    ignored_outcome,
+    resource_response,
+    searchset,
+)
+from gateway.api.outcome import BadRequest, Forbidden, NotFound
+from gateway.api.principal import Principal
+from gateway.api.search import (
+    CAREPLAN_SEARCH,
+    PAGE,
+    PAGE_ONLY,
+    PATIENT_SEARCH,
+    Limits,
+    PageTokens,
+    Query,
+    parse,
+    query_string,
+    strict_handling,
+)
+from gateway.bootstrap import Services
+from gateway.disclosure import Ask, Disclosed, Loaded
+from gateway.store import search as store
+
+router = APIRouter(prefix="/fhir", tags=["FHIR read"])
+
+PATIENT_READ = "system/Patient.read"
+CAREPLAN_READ = "system/CarePlan.read"
+PatientReader = Annotated[Principal, Depends(require(PATIENT_READ))]
+CarePlanReader = Annotated[Principal, Depends(require(CAREPLAN_READ))]
+ViewReader = Annotated[Principal, Depends(require(PATIENT_READ, CAREPLAN_READ))]
+
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+Entry = tuple[store.Stored, str]
+PageRead = Callable[[AsyncConnection, str, int, int], Awaitable[tuple[int, list[Entry]]]]
+
+
+@dataclass(slots=True)
+class Page:
+    offset: int
+    total: int = 0
+    entries: list[Entry] = field(default_factory=list)
+    permitted: bool = False
+
+
+@dataclass(slots=True)
+class Context:
+    """One request: who asks, under which request id, with which services."""
+
+    request: Request
+    services: Services
+    principal: Principal
+    request_id: str
+
+    @property
+    def base(self) -> str:
+        return self.services.settings.public_url.rstrip("/") + "/fhir/"
+
+    @property
+    def tokens(self) -> PageTokens:
+        state = self.request.app.state
+        if getattr(state, "page_tokens", None) is None:
+            state.page_tokens = PageTokens(self.services.settings.resolved_token_secret())
+        tokens: PageTokens = state.page_tokens
+        return tokens
+
+    def query(self, accepted: Mapping[str, str]) -> Query:
+        check_format(self.request)
+        settings = self.services.settings
+        limits = Limits(min(settings.default_page_size, settings.max_page_size), settings.max_page_size)
+        strict = strict_handling(self.request.headers.get("prefer"))
+        return parse(accepted, self.request.query_params.multi_items(), strict, limits, self.base)
+
+    def offset(self, path: str, query: Query) -> int:
+        return self.tokens.offset(query.page, self.principal.client_id, path, query.used)
+
+    async def owner(self, rtype: str, rid: str | None) -> str | None:
+        if rid is None or not _ID.fullmatch(rid):
+            return None
+        async with self.services.engine.connect() as conn:
+            return await store.owner(conn, rtype, rid)
+
+    async def disclose(
+        self, action: str, nhs_number: str, load: Callable[[str], Awaitable[Loaded]]
+    ) -> Disclosed:
+        ask = Ask(self.principal.requester, Purpose.DIRECT_CARE.value, action, self.request_id)
+        return await self.services.disclosure.person(ask, nhs_number, load)
+
+    async def page(
+        self, action: str, offset: int, limit: int, nhs_number: str | None, read: PageRead
+    ) -> Page:
+        """One page for one person, through the disclosure function (nothing without a person)."""
+        page = Page(offset)
+        if nhs_number is None:
+            return page
+
+        async def load(number: str) -> Loaded:
+            async with self.services.engine.connect() as conn:
+                page.total, page.entries = await read(conn, number, offset, limit)
+            return [stored.triple for stored, _ in page.entries]
+
+        page.permitted = (await self.disclose(action, nhs_number, load)).permitted
+        return page
+
+    def links(self, path: str, query: Query, page: Page) -> list[Link]:
+        def at(offset: int) -> str:
+            pairs = list(query.used)
+            if offset:
+                pairs.append((PAGE, self.tokens.issue(self.principal.client_id, path, query.used, offset)))
+            qs = query_string(pairs)
+            return self.base + path + (f"?{qs}" if qs else "")
+
+        links = [("self", at(page.offset))]
+        if query.count and page.offset + query.count < page.total:
+            links.append(("next", at(page.offset + query.count)))
+        if query.count and page.offset > 0:
+            links.append(("previous", at(max(0, page.offset - query.count))))
+        return links
+
+    def searchset(self, path: str, query: Query, page: Page) -> Response:
+        matches = [(*stored.triple, mode) for stored, mode in page.entries]
+        outcome = ignored_outcome(query.ignored)
+        return fhir(searchset(self.base, matches, page.total, self.links(path, query, page), outcome))
+
+
+def _not_found(rtype: str) -> NotFound:
+    """The one answer for an id that is unknown, withheld, or has no such version."""
+    return NotFound(f"{rtype} not found")
+
+
+def _matches(mode: str, rows: list[store.Stored]) -> list[Entry]:
+    return [(row, mode) for row in rows]
+
+
+@router.get("/Patient")
+async def search_patients(
+    request: Request, services: ServicesDep, principal: PatientReader, request_id: RequestId
+) -> Response:
+    ctx = Context(request, services, principal, request_id)
+    query = ctx.query(PATIENT_SEARCH)
+    if query.person is None:
+        raise BadRequest(
+            "a Patient search needs identifier=https://fhir.nhs.uk/Id/nhs-number|{NHS number}",
+            code="required",
+        )
+    offset = ctx.offset("Patient", query)
+
+    async def read(conn: AsyncConnection, number: str, offset: int, limit: int) -> tuple[int, list[Entry]]:
+        found = await store.patient_of(conn, number)
+        rows = [found] if found is not None else []
+        return len(rows), _matches("match", rows[offset : offset + limit])
+
+    page = await ctx.page("search", offset, query.count, query.person.nhs_number, read)
+    return ctx.searchset("Patient", query, page)
+
+
+@router.get("/CarePlan")
+async def search_careplans(
+    request: Request, services: ServicesDep, principal: CarePlanReader, request_id: RequestId
+) -> Response:
+    ctx = Context(request, services, principal, request_id)
+    query = ctx.query(CAREPLAN_SEARCH)
+    if query.person is None:
+        raise BadRequest("a CarePlan search needs patient, subject or subject:identifier", code="required")
+    if query.include_subject and not principal.allows(PATIENT_READ):
+        raise Forbidden(f"scope {PATIENT_READ} is required for _include=CarePlan:subject")
+    offset = ctx.offset("CarePlan", query)
+    person = query.person
+    nhs_number = person.nhs_number or await ctx.owner("Patient", person.patient_id)
+
+    async def read(conn: AsyncConnection, number: str, offset: int, limit: int) -> tuple[int, list[Entry]]:
+        total, plans = await store.careplans(conn, number, query.statuses, offset, limit)
+        entries = _matches("match", plans)
+        if query.include_subject and plans:
+            patient = await store.patient_of(conn, number)
+            entries += _matches("include", [patient] if patient is not None else [])
+        return total, entries
+
+    page = await ctx.page("search", offset, query.count, nhs_number, read)
+    return ctx.searchset("CarePlan", query, page)
+
+
+async def _read(ctx: Context, rtype: str, rid: str, vid: str | None = None) -> Response:
+    check_format(ctx.request)
+    if vid is not None and not (vid.isascii() and vid.isdigit() and len(vid) < 10):
+        raise _not_found(rtype)
+    nhs_number = await ctx.owner(rtype, rid)
+    if nhs_number is None:
+        raise _not_found(rtype)
+    found: list[store.Stored] = []
+
+    async def load(number: str) -> Loaded:
+        async with ctx.services.engine.connect() as conn:
+            if vid is None:
+                stored = await store.read_one(conn, rtype, rid, number)
+            else:
+                stored = await store.read_version(conn, rtype, rid, int(vid), number)
+        found.extend([stored] if stored is not None else [])
+        return [s.triple for s in found]
+
+    await ctx.disclose("read", nhs_number, load)
+    if not found:
+        raise _not_found(rtype)
+    return resource_response(ctx.request, found[0].content, found[0].version_id, found[0].last_updated)
+
+
+async def _history(ctx: Context, rtype: str, rid: str) -> Response:
+    query = ctx.query(PAGE_ONLY)
+    path = f"{rtype}/{rid}/_history"
+    offset = ctx.offset(path, query)
+    nhs_number = await ctx.owner(rtype, rid)
+
+    async def read(conn: AsyncConnection, number: str, offset: int, limit: int) -> tuple[int, list[Entry]]:
+        total, versions = await store.history_page(conn, rtype, rid, number, offset, limit)
+        return total, _matches("history", versions)
+
+    page = await ctx.page("history", offset, query.count, nhs_number, read)
+    if not page.permitted or page.total == 0:
+        raise _not_found(rtype)
+    versions = [(s.version_id, s.last_updated, s.content) for s, _ in page.entries]
+    return fhir(history(ctx.base, rtype, rid, versions, page.total, ctx.links(path, query, page)))
+
+
+def _instance_routes(rtype: str, scope: str) -> None:
+    """read, vread and history of one type, each under the type's read scope."""
+    allowed = Depends(require(scope))
+
+    async def read(
+        rid: str, request: Request, services: ServicesDep, request_id: RequestId, who: Principal = allowed
+    ) -> Response:
+        return await _read(Context(request, services, who, request_id), rtype, rid)
+
+    async def vread(
+        rid: str,
+        vid: str,
+        request: Request,
+        services: ServicesDep,
+        request_id: RequestId,
+        who: Principal = allowed,
+    ) -> Response:
+        return await _read(Context(request, services, who, request_id), rtype, rid, vid)
+
+    async def instance_history(
+        rid: str, request: Request, services: ServicesDep, request_id: RequestId, who: Principal = allowed
+    ) -> Response:
+        return await _history(Context(request, services, who, request_id), rtype, rid)
+
+    name = rtype.lower()
+    router.add_api_route(f"/{rtype}/{{rid}}", read, methods=["GET"], name=f"read_{name}")
+    router.add_api_route(
+        f"/{rtype}/{{rid}}/_history", instance_history, methods=["GET"], name=f"{name}_history"
+    )
+    router.add_api_route(f"/{rtype}/{{rid}}/_history/{{vid}}", vread, methods=["GET"], name=f"vread_{name}")
+
+
+_instance_routes("Patient", PATIENT_READ)
+_instance_routes("CarePlan", CAREPLAN_READ)
+
+
+@router.get("/Patient/{rid}/$everything")
+async def everything(
+    rid: str, request: Request, services: ServicesDep, principal: ViewReader, request_id: RequestId
+) -> Response:
+    """The shared care view: the Patient, every source's CarePlans, their Provenance (a searchset)."""
+    ctx = Context(request, services, principal, request_id)
+    query = ctx.query(PAGE_ONLY)
+    path = f"Patient/{rid}/$everything"
+    offset = ctx.offset(path, query)
+    nhs_number = await ctx.owner("Patient", rid)
+
+    async def read(conn: AsyncConnection, number: str, offset: int, limit: int) -> tuple[int, list[Entry]]:
+        total, rows = await store.person_page(conn, number, offset, limit)
+        return total, _matches("match", rows)
+
+    page = await ctx.page("everything", offset, query.count, nhs_number, read)
+    if not page.permitted:
+        raise _not_found("Patient")
+    return ctx.searchset(path, query, page)

@@ -1,0 +1,230 @@
+"""Search parameters, pure: parse and validate a query, cap ``_count``, sign and check paging tokens.
+
+A search names exactly one person (by NHS number, or by the shared Patient's
+id): every search then costs one disclosure decision, and its log entry names
+that person. Parsing never touches the store, so a request rejected here has
+read nothing and logged nothing.
+
+Unknown parameters follow ``Prefer: handling``: ``strict`` rejects them (400
+naming the parameter); ``lenient`` (the default) ignores them and the Bundle
+reports them. Parameters that would change *which* resources match and that
+concord does not implement (``_has``, ``_revinclude``, chains other than to the
+Patient's identifier) are rejected under either handling.
+
+A paging token is ``{offset}.{mac}``: an HMAC over the client, the search path,
+the parameters that shaped the result and the offset. It is bound to the client
+that received it and cannot be edited; a wrong token of any kind gets one error.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import urlencode
+
+import orjson
+
+from gateway.api.outcome import BadRequest
+from mappings import nhs_number as nhs
+
+Pairs = Sequence[tuple[str, str]]
+
+#: Result parameters every search takes; ``_format`` is checked by fhir_responses.
+COUNT: Final = "_count"
+PAGE: Final = "_page"
+FORMAT: Final = "_format"
+
+IDENTIFIER: Final = "identifier"
+REFERENCE: Final = "reference"
+STATUS: Final = "status"
+INCLUDE: Final = "include"
+
+#: What each search accepts: parameter (with modifier or chain) → what it means.
+PATIENT_SEARCH: Final[Mapping[str, str]] = {IDENTIFIER: IDENTIFIER}
+CAREPLAN_SEARCH: Final[Mapping[str, str]] = {
+    "subject": REFERENCE,
+    "patient": REFERENCE,
+    "subject:Patient": REFERENCE,
+    "subject:identifier": IDENTIFIER,
+    "patient:identifier": IDENTIFIER,
+    "subject.identifier": IDENTIFIER,
+    "patient.identifier": IDENTIFIER,
+    "subject:Patient.identifier": IDENTIFIER,
+    "status": STATUS,
+    "_include": INCLUDE,
+}
+#: Instance-level operations that page ($everything, _history) take only the result parameters.
+PAGE_ONLY: Final[Mapping[str, str]] = {}
+#: The one _include implemented: a CarePlan's subject.
+CAREPLAN_INCLUDES: Final = frozenset({"CarePlan:subject", "CarePlan:patient", "CarePlan:subject:Patient"})
+
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    default: int
+    maximum: int
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """The one person a search is about: by NHS number or by the shared Patient's id (exactly one set)."""
+
+    nhs_number: str | None = None
+    patient_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A parsed search. ``used`` are the parameters that shaped the result, in request order."""
+
+    person: Person | None
+    statuses: frozenset[str]
+    include_subject: bool
+    count: int
+    page: str | None
+    used: tuple[tuple[str, str], ...]
+    ignored: tuple[str, ...]
+
+
+def strict_handling(prefer: str | None) -> bool:
+    """Whether ``Prefer`` asks for ``handling=strict`` (anything else, or nothing, is lenient)."""
+    for part in (prefer or "").replace(";", ",").split(","):
+        key, _, value = part.strip().partition("=")
+        if key.strip().lower() == "handling" and value.strip().strip('"').lower() == "strict":
+            return True
+    return False
+
+
+def parse(accepted: Mapping[str, str], pairs: Pairs, strict: bool, limits: Limits, base: str = "") -> Query:
+    """Validate ``pairs`` against ``accepted``; ``BadRequest`` for anything that cannot be honoured."""
+    person: Person | None = None
+    statuses: set[str] = set()
+    include = False
+    count = limits.default
+    page: str | None = None
+    used: list[tuple[str, str]] = []
+    ignored: list[str] = []
+    for name, value in pairs:
+        if name == FORMAT:
+            continue
+        if name == PAGE:
+            page = value or None
+            continue
+        _reject_unsupported(name, accepted)
+        role = COUNT if name == COUNT else accepted.get(name)
+        if role is None:
+            if strict:
+                raise BadRequest(f"unknown search parameter: {_safe(name)}", code="not-supported")
+            ignored.append(_safe(name))
+            continue
+        if not value:
+            continue  # an empty parameter is ignored (FHIR search)
+        if role == INCLUDE and value not in CAREPLAN_INCLUDES:
+            if strict:
+                raise BadRequest("_include supports only CarePlan:subject", code="not-supported")
+            ignored.append(name)
+            continue
+        used.append((name, value))
+        if role == COUNT:
+            count = parse_count(value, limits)
+        elif role == STATUS:
+            statuses.update(s.strip() for s in value.split(",") if s.strip())
+        elif role == INCLUDE:
+            include = True
+        else:
+            if person is not None:
+                raise BadRequest("a search names one person: give one patient, subject or identifier")
+            person = parse_identifier(value) if role == IDENTIFIER else parse_reference(value, base)
+    return Query(person, frozenset(statuses), include, count, page, tuple(used), tuple(ignored))
+
+
+def parse_count(value: str, limits: Limits) -> int:
+    """``_count`` as an int in [0, maximum]: above the maximum it is capped, not refused."""
+    if not value.isascii() or not value.isdigit():
+        raise BadRequest("_count must be a whole number, 0 or more")
+    return min(int(value), limits.maximum)
+
+
+def parse_identifier(value: str) -> Person:
+    """``system|value`` or a bare value; only NHS numbers, one per search. Never echoes the value."""
+    system, bar, code = value.partition("|")
+    if not bar:
+        system, code = nhs.SYSTEM, value
+    if system != nhs.SYSTEM:
+        raise BadRequest(f"only NHS number identifiers ({nhs.SYSTEM}) are searchable", code="not-supported")
+    if "," in code:
+        raise BadRequest("a search names one person: one NHS number", code="not-supported")
+    try:
+        return Person(nhs_number=nhs.normalise(code))
+    except nhs.NhsNumberError:
+        raise BadRequest("the identifier is not a valid NHS number") from None
+
+
+def parse_reference(value: str, base: str = "") -> Person:
+    """``Patient/{id}``, a bare id, or this server's absolute URL of a Patient."""
+    ref = value.removeprefix(base.rstrip("/") + "/") if base else value
+    rtype, slash, rid = ref.rpartition("/")
+    if "://" in rtype:
+        raise BadRequest("only this server's Patient references are searchable", code="not-supported")
+    if slash and rtype != "Patient":
+        raise BadRequest("only a Patient can be the subject of a search", code="not-supported")
+    if "," in rid:
+        raise BadRequest("a search names one person: one Patient", code="not-supported")
+    if not _ID.fullmatch(rid):
+        raise BadRequest("not a valid Patient reference")
+    return Person(patient_id=rid)
+
+
+def _reject_unsupported(name: str, accepted: Mapping[str, str]) -> None:
+    """Parameters that would change what matches and are not implemented: refused under any handling."""
+    bare = name.partition(":")[0]
+    if bare in ("_has", "_revinclude") or name.startswith("_include:"):
+        raise BadRequest(f"search parameter {bare} is not supported", code="not-supported")
+    if "." in name and name not in accepted:
+        raise BadRequest("chained search is supported only to the Patient's identifier", code="not-supported")
+
+
+def _safe(name: str) -> str:
+    """A parameter name fit to echo: printable, short, and never a run of digits (could be a number)."""
+    kept = "".join(c for c in name[:40] if c.isprintable())
+    return re.sub(r"\d{6,}", "…", kept)
+
+
+def query_string(pairs: Iterable[tuple[str, str]]) -> str:
+    return urlencode(list(pairs))
+
+
+class PageTokens:
+    """Paging tokens bound to (client, search path, parameters used, offset) by an HMAC."""
+
+    ERROR: Final = "the paging token is not valid for this search"
+
+    def __init__(self, key: bytes) -> None:
+        self._key = hmac.new(key, b"concord/paging/v1", hashlib.sha256).digest()
+
+    def issue(self, client_id: str, path: str, used: Pairs, offset: int) -> str:
+        return f"{offset}.{self._mac(client_id, path, used, offset)}"
+
+    def offset(self, token: str | None, client_id: str, path: str, used: Pairs) -> int:
+        """The offset ``token`` stands for (0 without one); ``BadRequest`` if it is not this client's."""
+        if token is None:
+            return 0
+        number, dot, mac = token.partition(".")
+        if not dot or not number.isascii() or not number.isdigit() or len(number) > 9:
+            raise BadRequest(self.ERROR)
+        offset = int(number)
+        if not hmac.compare_digest(mac, self._mac(client_id, path, used, offset)):
+            raise BadRequest(self.ERROR)
+        return offset
+
+    def _mac(self, client_id: str, path: str, used: Pairs, offset: int) -> str:
+        message = orjson.dumps([client_id, path, sorted(used), offset])
+        digest = hmac.new(self._key, message, hashlib.sha256).digest()[:18]
+        return base64.urlsafe_b64encode(digest).decode()

@@ -1,0 +1,1 @@
+"""Publishing shared care views to the regional Health Information Exchange (HIE)."""

@@ -1,0 +1,122 @@
+"""Transaction Bundles for the HIE, joined from stored JSON (never re-serialised), and reading replies. Pure.
+
+A person's publication is one transaction: the Patient by conditional update on
+the NHS number identifier (so the HIE keeps one Patient per person whatever ids
+it uses), every CarePlan and Provenance by id, and a DELETE for anything the
+HIE was sent before that is no longer in the view. A retraction (after an
+opt-out) is DELETEs only. Sending the same bundle twice changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+
+Loaded = Sequence[tuple[str, str, bytes]]
+
+
+def refs_of(entries: Loaded) -> list[str]:
+    """``Type/id/_history/version`` of each loaded resource (what the HIE will hold after this)."""
+    out = []
+    for rtype, rid, content in entries:
+        version = orjson.loads(content).get("meta", {}).get("versionId", "1")
+        out.append(f"{rtype}/{rid}/_history/{version}")
+    return out
+
+
+def _plain(ref: str) -> str:
+    return ref.split("/_history/", 1)[0]
+
+
+def _delete(ref: str, nhs_number: str) -> bytes:
+    url = f"Patient?identifier={NHS_NUMBER_SYSTEM}|{nhs_number}" if ref.startswith("Patient/") else ref
+    return orjson.dumps({"request": {"method": "DELETE", "url": url}})
+
+
+def publication(entries: Loaded, nhs_number: str, published: Iterable[str]) -> bytes:
+    """The transaction that makes the HIE hold exactly ``entries`` for this person."""
+    current = {f"{t}/{i}" for t, i, _ in entries}
+    parts = [_delete(ref, nhs_number) for ref in sorted({_plain(r) for r in published} - current)]
+    for rtype, rid, content in entries:
+        if rtype == "Patient":
+            url = f"Patient?identifier={NHS_NUMBER_SYSTEM}|{nhs_number}"
+        else:
+            url = f"{rtype}/{rid}"
+        parts.append(
+            b'{"fullUrl":"urn:uuid:'
+            + _uuid(rid).encode()
+            + b'","resource":'
+            + content
+            + b',"request":{"method":"PUT","url":"'
+            + url.encode()
+            + b'"}}'
+        )
+    return _transaction(parts)
+
+
+def retraction(published: Iterable[str], nhs_number: str) -> bytes:
+    """DELETEs of everything the HIE was sent for this person (the Patient by its NHS number)."""
+    refs = sorted({_plain(r) for r in published})
+    if not any(r.startswith("Patient/") for r in refs):
+        refs.append("Patient/")
+    return _transaction([_delete(ref, nhs_number) for ref in refs])
+
+
+def _transaction(parts: list[bytes]) -> bytes:
+    return b'{"resourceType":"Bundle","type":"transaction","entry":[' + b",".join(parts) + b"]}"
+
+
+def _uuid(rid: str) -> str:
+    h = rid.ljust(32, "0")[:32] if all(c in "0123456789abcdef" for c in rid) else _hex(rid)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def _hex(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the HIE said about a transaction: success, or the first failing entry's outcome."""
+
+    ok: bool
+    failed_entry: int | None = None
+    outcome: dict[str, Any] | None = None
+
+
+def read_reply(status: int, body: bytes) -> Reply:
+    """Read a transaction-response entry by entry; a 2xx with a failed entry is not a success."""
+    try:
+        doc = orjson.loads(body) if body else {}
+    except orjson.JSONDecodeError:
+        doc = {}
+    if not 200 <= status < 300:
+        return Reply(False, None, doc if doc.get("resourceType") == "OperationOutcome" else None)
+    if doc.get("resourceType") != "Bundle" or doc.get("type") != "transaction-response":
+        return Reply(
+            False,
+            None,
+            {
+                "resourceType": "OperationOutcome",
+                "issue": [
+                    {
+                        "severity": "error",
+                        "code": "invalid",
+                        "diagnostics": "the HIE did not answer with a transaction-response",
+                    }
+                ],
+            },
+        )
+    for index, entry in enumerate(doc.get("entry") or []):
+        response = entry.get("response") or {}
+        code = str(response.get("status", "")).split(" ", 1)[0]
+        if not code.startswith("2"):
+            return Reply(False, index, response.get("outcome"))
+    return Reply(True)

@@ -1,0 +1,289 @@
+"""The outbox as publishers use it: claim rows, lease people, finish, retry later, dead-letter.
+
+Every resource change and consent change wrote an outbox row in its own
+transaction; a row says "this person's shared view changed". Publishers claim
+rows (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so several publishers never wait
+for each other), group them by person, and take a lease on each person so
+that one publisher at a time talks to the HIE about that person. A claim or a
+lease left by a crashed publisher lapses after ``publish_lease_seconds``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.store.dialect import upsert
+from gateway.store.schema import dead_letters, hie_people, outbox, resources
+
+
+@dataclass(frozen=True, slots=True)
+class PersonState:
+    nhs_number: str
+    state: str
+    published: list[str]
+    delivery_id: str | None
+    attempts: int
+
+
+def _claimable(now: datetime) -> Any:
+    return or_(
+        and_(
+            outbox.c.status == "pending", or_(outbox.c.available_at.is_(None), outbox.c.available_at <= now)
+        ),
+        and_(outbox.c.status == "claimed", outbox.c.claimed_until < now),
+    )
+
+
+async def claim(
+    conn: AsyncConnection, owner: str, now: datetime, until: datetime, limit: int
+) -> dict[str, list[int]]:
+    """Claim up to ``limit`` rows that are due; their ids by person (rows with no person are closed)."""
+    candidates = select(outbox.c.id).where(_claimable(now)).order_by(outbox.c.id).limit(limit)
+    if conn.dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    rows = (
+        await conn.execute(
+            update(outbox)
+            .where(outbox.c.id.in_(candidates.scalar_subquery()))
+            .values(status="claimed", claimed_by=owner, claimed_until=until)
+            .returning(outbox.c.id, outbox.c.nhs_number)
+        )
+    ).all()
+    by_person: dict[str, list[int]] = {}
+    orphans = []
+    for rid, number in rows:
+        if number is None:
+            orphans.append(rid)
+        else:
+            by_person.setdefault(number, []).append(rid)
+    if orphans:
+        await conn.execute(update(outbox).where(outbox.c.id.in_(orphans)).values(status="sent", sent_at=now))
+    return by_person
+
+
+async def lease_person(
+    conn: AsyncConnection, nhs_number: str, owner: str, now: datetime, until: datetime
+) -> bool:
+    """Take the person for this publisher unless another holds a live lease."""
+    await conn.execute(
+        upsert(conn, hie_people, ["nhs_number"], []),
+        [{"nhs_number": nhs_number, "state": "none", "published": "[]", "attempts": 0}],
+    )
+    result = await conn.execute(
+        update(hie_people)
+        .where(
+            hie_people.c.nhs_number == nhs_number,
+            or_(
+                hie_people.c.lease_until.is_(None),
+                hie_people.c.lease_until < now,
+                hie_people.c.lease_owner == owner,
+            ),
+        )
+        .values(lease_owner=owner, lease_until=until)
+    )
+    return bool(result.rowcount == 1)
+
+
+async def release_rows(conn: AsyncConnection, ids: Sequence[int], available_at: datetime | None) -> None:
+    await conn.execute(
+        update(outbox)
+        .where(outbox.c.id.in_(list(ids)))
+        .values(status="pending", claimed_by=None, claimed_until=None, available_at=available_at)
+    )
+
+
+async def person_state(conn: AsyncConnection, nhs_number: str) -> PersonState:
+    row = (
+        (await conn.execute(select(hie_people).where(hie_people.c.nhs_number == nhs_number)))
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return PersonState(nhs_number, "none", [], None, 0)
+    return PersonState(
+        nhs_number, row["state"], orjson.loads(row["published"]), row["delivery_id"], row["attempts"]
+    )
+
+
+async def start_delivery(conn: AsyncConnection, nhs_number: str, delivery_id: str) -> None:
+    await conn.execute(
+        update(hie_people).where(hie_people.c.nhs_number == nhs_number).values(delivery_id=delivery_id)
+    )
+
+
+async def finish(
+    conn: AsyncConnection,
+    nhs_number: str,
+    ids: Sequence[int],
+    state: str,
+    published: list[str],
+    now: datetime,
+) -> None:
+    """The HIE took it: close the rows, remember what it holds, release the person."""
+    await conn.execute(update(outbox).where(outbox.c.id.in_(list(ids))).values(status="sent", sent_at=now))
+    await conn.execute(
+        update(hie_people)
+        .where(hie_people.c.nhs_number == nhs_number)
+        .values(
+            state=state,
+            published=orjson.dumps(published).decode(),
+            delivery_id=None,
+            attempts=0,
+            last_error=None,
+            lease_owner=None,
+            lease_until=None,
+            changed_at=now,
+        )
+    )
+
+
+async def retry_later(
+    conn: AsyncConnection, nhs_number: str, ids: Sequence[int], at: datetime, error: str
+) -> None:
+    """Not this time: the rows wait until ``at``; the delivery keeps its id for the retry."""
+    await conn.execute(
+        update(outbox)
+        .where(outbox.c.id.in_(list(ids)))
+        .values(
+            status="pending",
+            claimed_by=None,
+            claimed_until=None,
+            available_at=at,
+            attempts=outbox.c.attempts + 1,
+        )
+    )
+    await conn.execute(
+        update(hie_people)
+        .where(hie_people.c.nhs_number == nhs_number)
+        .values(
+            attempts=hie_people.c.attempts + 1, last_error=error[:255], lease_owner=None, lease_until=None
+        )
+    )
+
+
+async def dead_letter(
+    conn: AsyncConnection,
+    nhs_number: str,
+    ids: Sequence[int],
+    delivery_id: str,
+    status_code: int,
+    outcome: str,
+    now: datetime,
+) -> None:
+    """The HIE refused for good: keep its reason; later changes to the person are delivered afresh."""
+    await conn.execute(update(outbox).where(outbox.c.id.in_(list(ids))).values(status="dead", sent_at=now))
+    await conn.execute(
+        insert(dead_letters).values(
+            nhs_number=nhs_number,
+            delivery_id=delivery_id,
+            status_code=status_code,
+            outcome=outcome,
+            created_at=now,
+        )
+    )
+    await conn.execute(
+        update(hie_people)
+        .where(hie_people.c.nhs_number == nhs_number)
+        .values(
+            delivery_id=None,
+            attempts=0,
+            last_error=f"dead letter: HTTP {status_code}",
+            lease_owner=None,
+            lease_until=None,
+        )
+    )
+
+
+async def enqueue_person(
+    conn: AsyncConnection, nhs_numbers: Sequence[str], now: datetime, reason: str
+) -> None:
+    """Queue a delivery of these people's current views (a backfill, or a dead letter's retry)."""
+    if nhs_numbers:
+        await conn.execute(
+            outbox.insert(),
+            [
+                {
+                    "nhs_number": n,
+                    "resource_type": "Person",
+                    "resource_id": reason,
+                    "version_id": 0,
+                    "created_at": now,
+                }
+                for n in nhs_numbers
+            ],
+        )
+
+
+async def people_after(conn: AsyncConnection, after: str, limit: int) -> list[str]:
+    """NHS numbers holding a shared Patient, in order, after ``after`` (a resumable backfill's cursor)."""
+    rows = await conn.execute(
+        select(resources.c.nhs_number)
+        .where(resources.c.resource_type == "Patient", resources.c.nhs_number > after)
+        .order_by(resources.c.nhs_number)
+        .limit(limit)
+    )
+    return [r[0] for r in rows]
+
+
+async def due_or_waiting(conn: AsyncConnection) -> int:
+    """Rows still to send, now or after a backoff (dead letters are not counted)."""
+    value = (
+        await conn.execute(select(func.count()).where(outbox.c.status.in_(("pending", "claimed"))))
+    ).scalar()
+    return int(value or 0)
+
+
+async def summary(conn: AsyncConnection) -> dict[str, Any]:
+    by_status: dict[str, int] = dict(
+        (await conn.execute(select(outbox.c.status, func.count()).group_by(outbox.c.status))).all()
+    )
+    by_state: dict[str, int] = dict(
+        (await conn.execute(select(hie_people.c.state, func.count()).group_by(hie_people.c.state))).all()
+    )
+    oldest = (
+        await conn.execute(
+            select(func.min(outbox.c.created_at)).where(outbox.c.status.in_(("pending", "claimed")))
+        )
+    ).scalar()
+    open_dead = (
+        await conn.execute(select(func.count()).where(dead_letters.c.resolved_at.is_(None)))
+    ).scalar()
+    return {
+        "outbox": {k: int(v) for k, v in by_status.items()},
+        "people_at_hie": {k: int(v) for k, v in by_state.items()},
+        "oldest_waiting": oldest.isoformat() if oldest else None,
+        "dead_letters_open": int(open_dead or 0),
+    }
+
+
+async def open_dead_letters(conn: AsyncConnection, limit: int = 100) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        select(dead_letters)
+        .where(dead_letters.c.resolved_at.is_(None))
+        .order_by(dead_letters.c.id)
+        .limit(limit)
+    )
+    return [dict(r) for r in rows.mappings()]
+
+
+async def resolve_dead_letter(conn: AsyncConnection, letter_id: int, now: datetime) -> str | None:
+    """Close a dead letter and queue its person again; the NHS number, or None if there was none open."""
+    row = (
+        await conn.execute(
+            select(dead_letters.c.nhs_number).where(
+                dead_letters.c.id == letter_id, dead_letters.c.resolved_at.is_(None)
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    await conn.execute(update(dead_letters).where(dead_letters.c.id == letter_id).values(resolved_at=now))
+    await enqueue_person(conn, [row[0]], now, "retry")
+    return str(row[0])
