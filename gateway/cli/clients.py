@@ -86,7 +86,7 @@ def add(
         raise click.UsageError("--source is required for role source, and only for it")
     scopes = _scopes(scopes_text)
     if key_file is not None:
-        jwks = _generate_key(key_file)
+        jwks = generate_key(key_file)
     else:
         assert jwks_file is not None
         jwks = jwks_file.read_text()
@@ -122,7 +122,7 @@ def add(
     click.echo(client.client_id)
 
 
-def _generate_key(path: Path) -> str:
+def generate_key(path: Path) -> str:
     """Write a new EC P-384 private key to ``path`` (refusing to overwrite); its public JWK Set."""
     key = ec.generate_private_key(ec.SECP384R1())
     pem = key.private_bytes(

@@ -112,7 +112,7 @@ class Publisher:
             leased: dict[str, list[int]] = {}
             for number, ids in claimed.items():
                 if await box.lease_person(conn, number, self.owner, now, until):
-                    leased[number] = ids
+                    leased[number] = ids + await box.claim_rest(conn, number, self.owner, now, until)
                 else:
                     # Another publisher is talking to the HIE about this person: after it, not beside it.
                     self.stats.busy += 1

@@ -91,6 +91,19 @@ async def lease_person(
     return bool(result.rowcount == 1)
 
 
+async def claim_rest(
+    conn: AsyncConnection, nhs_number: str, owner: str, now: datetime, until: datetime
+) -> list[int]:
+    """Once a person is leased, take all their due rows too: one delivery covers every change so far."""
+    rows = await conn.execute(
+        update(outbox)
+        .where(outbox.c.nhs_number == nhs_number, _claimable(now))
+        .values(status="claimed", claimed_by=owner, claimed_until=until)
+        .returning(outbox.c.id)
+    )
+    return [r[0] for r in rows]
+
+
 async def release_rows(conn: AsyncConnection, ids: Sequence[int], available_at: datetime | None) -> None:
     await conn.execute(
         update(outbox)
