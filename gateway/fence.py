@@ -45,6 +45,11 @@ class FileFence:
     def slot(nhs_number: str) -> int:
         return int(nhs_number) % SLOTS if nhs_number.isdigit() else 0
 
+    @property
+    def view(self) -> memoryview:
+        """The counters as 64-bit unsigned integers (index with ``slot``); valid until ``close``."""
+        return self._view
+
     def read(self, nhs_number: str) -> int:
         return int(self._view[self.slot(nhs_number)])
 

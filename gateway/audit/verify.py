@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consent.chain import Verification, Verifier
-from gateway.store.audit import checkpoints, stream_entries
+from gateway.store.audit import checkpoints, stream_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +28,7 @@ async def verify_store(
     started = time.perf_counter()
     async with engine.connect() as conn:
         verifier = Verifier(await checkpoints(conn), public_keys, expect)
-        async for chunk in stream_entries(conn):
-            if not verifier.feed(chunk):
+        async for rows in stream_rows(conn):
+            if not verifier.feed_rows(rows):
                 break
     return Verified(verifier.finish(), time.perf_counter() - started)

@@ -31,7 +31,7 @@ from gateway.cli.ingest import print_summary
 from gateway.cli.synth import FILES
 from gateway.hie_stub.server import make_app
 from gateway.publish.client import HieClient
-from gateway.publish.oauth import client_assertion
+from gateway.publish.oauth import client_assertion, key_id_for
 from gateway.publish.publisher import Publisher
 from gateway.settings import Settings
 from gateway.store import clients as registry
@@ -149,7 +149,7 @@ async def _read_as_provider(services: Services, base: str, client_id: str, key_p
                 select(resources.c.nhs_number).where(resources.c.resource_type == "Patient").limit(1)
             )
         ).scalar()
-    kid = _kid(key_pem)
+    kid = key_id_for(key_pem)
     assertion = client_assertion(client_id, f"{base}/token", key_pem, kid, "ES384")
     async with aiohttp.ClientSession() as http:
         form = {
@@ -175,17 +175,6 @@ async def _read_as_provider(services: Services, base: str, client_id: str, key_p
         rtype = entry["resource"]["resourceType"]
         types[rtype] = types.get(rtype, 0) + 1
     return {"patient_id": patient_id, "types": types}
-
-
-def _kid(key_pem: bytes) -> str:
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    from gateway.api.assertion import public_jwk, thumbprint
-
-    key = load_pem_private_key(key_pem, password=None)
-    assert isinstance(key, ec.EllipticCurvePrivateKey)
-    return thumbprint(public_jwk(key.public_key(), "ES384"))
 
 
 async def _stub_state(port: int) -> dict[str, Any]:

@@ -75,3 +75,18 @@ def _is_ec(pem: bytes) -> bool:
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     return isinstance(load_pem_private_key(pem, password=None), ec.EllipticCurvePrivateKey)
+
+
+def key_id_for(private_key_pem: bytes) -> str:
+    """The ``kid`` concord gives a key it registers (RFC 7638 thumbprint of its public JWK)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from gateway.api.assertion import public_jwk, thumbprint
+
+    key = load_pem_private_key(private_key_pem, password=None)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return thumbprint(public_jwk(key.public_key(), "ES384"))
+    if isinstance(key, rsa.RSAPrivateKey):
+        return thumbprint(public_jwk(key.public_key(), "RS384"))
+    raise ValueError("not an EC or RSA private key")

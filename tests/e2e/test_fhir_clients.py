@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 from fhirclient.models.bundle import Bundle
@@ -29,7 +30,7 @@ from fhirpy.base.exceptions import ResourceNotFound
 from fhirpy.base.searchset import Raw
 
 from gateway.api.app import create_app
-from gateway.api.principal import Principal, Role
+from gateway.publish.oauth import client_assertion, key_id_for
 from gateway.settings import Settings
 from mappings.ids import IdMaker
 
@@ -52,7 +53,6 @@ CSV = (
     "Y90001,GP2,9990000026,01,Mr,Patel,Noah,1938-10-31,M,25 Mill Lane,,Upminster,RM9 2YB,0208 733 4374,,"
     "GP2-CP1,LTC-DM,Diabetes plan,ACTIVE,2024-05-04,,,2024-05-04T09:00:00+00:00\n"
 )
-READER = Principal("epr-a", "Community EPR", "RAT", Role.PROVIDER, frozenset({"system/*.read"}))
 
 
 @dataclass
@@ -62,12 +62,29 @@ class Served:
     ids: IdMaker
 
 
-def concord(data_dir: Path, *args: str) -> None:
+def concord(data_dir: Path, *args: str) -> str:
     env = {**os.environ, "CONCORD_DATA_DIR": str(data_dir), "CONCORD_ID_KEY": ID_KEY}
     done = subprocess.run(
         [sys.executable, "-m", "gateway.cli", *args], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def token_by_client_credentials(base: str, client_id: str, key_pem: bytes) -> str:
+    """What a community EPR does: a signed assertion traded at /token (SMART Backend Services)."""
+    assertion = client_assertion(client_id, f"{base}/token", key_pem, key_id_for(key_pem), "ES384")
+    response = httpx.post(
+        f"{base}/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion,
+            "scope": "system/Patient.read system/CarePlan.read",
+        },
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["access_token"])
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +94,22 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     (root / "gp.csv").write_text(CSV)
     concord(data, "ingest", "--source", "gp", str(root / "gp.csv"))
     concord(data, "consent", "opt-out", OPTED_OUT, "--authority", "letter")
+    key_file = root / "epr.key"
+    client_id = concord(
+        data,
+        "clients",
+        "add",
+        "--name",
+        "epr-a",
+        "--ods-code",
+        "RAT",
+        "--role",
+        "provider",
+        "--scopes",
+        "system/Patient.read system/CarePlan.read",
+        "--generate-key",
+        str(key_file),
+    )
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
@@ -91,7 +124,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
-    token, _ = app.state.tokens.issue(READER)
+    token = token_by_client_credentials(f"http://127.0.0.1:{port}", client_id, key_file.read_bytes())
     try:
         yield Served(f"http://127.0.0.1:{port}/fhir", token, IdMaker(ID_KEY.encode()))
     finally:
