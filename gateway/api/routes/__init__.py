@@ -7,7 +7,7 @@ import importlib
 from fastapi import FastAPI
 
 #: Router modules, each exposing ``router``. A module not written yet is skipped.
-MODULES = ("ops", "token", "metadata", "fhir_read", "fhir_write", "consent", "audit")
+MODULES = ("ops", "token", "metadata", "fhir_read", "fhir_write", "consent", "audit", "console")
 
 
 def mount(app: FastAPI) -> None:
