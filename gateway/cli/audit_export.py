@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -47,7 +48,7 @@ def _until(ctx: click.Context, param: click.Parameter, value: str | None) -> str
 def _output(out: Path | None) -> Iterator[IO[bytes]]:
     """Standard output, or ``out`` written as ``out.part`` and renamed once complete."""
     if out is None:
-        stdout = click.get_binary_stream("stdout")
+        stdout = sys.stdout.buffer
         yield stdout
         stdout.flush()
         return
