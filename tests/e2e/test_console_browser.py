@@ -113,7 +113,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         finally:
             await services.close()
 
-    asyncio.run(prepare())
+    _in_thread(prepare())  # a browser fixture may already hold this thread's loop
     config = uvicorn.Config(
         create_app(settings), log_level="warning", lifespan="on", ws="none", http="h11", loop="asyncio"
     )
@@ -246,7 +246,7 @@ def test_ig_board_verifies_the_log_and_sees_tampering_loudly(tab: Tab, served: S
         _in_thread(_tamper(served.settings, original))
 
 
-def _in_thread(work: Coroutine[Any, Any, str]) -> str:
+def _in_thread(work: Coroutine[Any, Any, Any]) -> Any:
     """Run a coroutine to the end on its own loop (Playwright's sync API holds this thread's loop)."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, work).result()
