@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from gateway.audit.batcher import BatchedAppender
 from gateway.bootstrap import Services
 from gateway.cli.common import err, run, write_json
 from gateway.publish.client import HieClient
@@ -47,6 +48,8 @@ def publish(ctx: click.Context, until_idle: bool, backfill_all: bool) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        # Deliveries in flight log their decisions in shared transactions (one head lock per group).
+        services.disclosure.log = BatchedAppender(services.log)
         async with HieClient(services.settings) as client:
             publisher = Publisher(services, client)
             listener = asyncio.create_task(services.signal.listen(publisher.wake))

@@ -18,7 +18,6 @@ A person waiting for a retry blocks nobody else: only their rows wait.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import uuid
@@ -89,16 +88,29 @@ class Publisher:
         """Deliver until stopped; with ``until_idle``, return once nothing is due or waiting to retry."""
         batch = self.settings.publish_concurrency * 4
         while stop is None or not stop.is_set():
+            # Cleared before looking, so a wake-up that arrives while we claim is not lost.
+            self.wake.clear()
             claimed = await self._claim(batch)
             if claimed:
                 await self._deliver_all(claimed)
                 continue
             if until_idle and await self._idle():
                 break
-            self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.settings.publish_poll_seconds)
+            await self._wait(stop)
         return self.stats
+
+    async def _wait(self, stop: asyncio.Event | None) -> None:
+        """Until woken, stopped, or the poll interval passes."""
+        waiters = [asyncio.ensure_future(self.wake.wait())]
+        if stop is not None:
+            waiters.append(asyncio.ensure_future(stop.wait()))
+        try:
+            await asyncio.wait(
+                waiters, timeout=self.settings.publish_poll_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     async def _idle(self) -> bool:
         async with self.services.engine.connect() as conn:
