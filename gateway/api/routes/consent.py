@@ -191,9 +191,12 @@ async def _json(request: Request) -> Any:
     if media not in (FHIR_JSON, "application/json"):
         raise UnsupportedMediaType("Content-Type must be application/fhir+json or application/json")
     try:
-        return orjson.loads(await request.body())
+        body = orjson.loads(await request.body())
     except orjson.JSONDecodeError:
         raise BadRequest("the body is not JSON", code="structure") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a Consent resource (a JSON object)", code="structure")
+    return body
 
 
 def _parsed(parse_fn: Callable[[Any], Any], body: Any) -> Any:

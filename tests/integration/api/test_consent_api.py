@@ -334,3 +334,14 @@ async def test_a_consent_must_be_sent_as_json(
     not_json = await client.post("/fhir/Consent", content=b"{", headers=auth(app, PROVIDER))
     assert (not_json.status_code, not_json.json()["issue"][0]["code"]) == (400, "structure")
     assert await services.register.resources(A) == []
+
+
+@pytest.mark.parametrize("body", [b"[]", b"[null, null]", b"1", b'"x"', b"null"])
+async def test_a_body_that_is_not_an_object_is_a_400_not_a_500(
+    client: httpx.AsyncClient, app: FastAPI, body: bytes
+) -> None:
+    token, _ = app.state.tokens.issue(ADMIN)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+    for method, path in (("PUT", "/fhir/Consent/0"), ("POST", "/fhir/Consent")):
+        response = await client.request(method, path, content=body, headers=headers)
+        assert response.status_code == 400, (method, response.text)
