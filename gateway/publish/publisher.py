@@ -29,7 +29,8 @@ import orjson
 
 from consent.model import Requester, RequesterKind
 from gateway.bootstrap import Services
-from gateway.disclosure import Ask, DisclosureUnavailable
+from gateway.decisions import StoreDecider
+from gateway.disclosure import Ask, Disclosure, DisclosureUnavailable
 from gateway.publish.backoff import retry_delay
 from gateway.publish.bundle import publication, read_reply, refs_of, retraction
 from gateway.publish.client import HieClient, HieUnreachable
@@ -82,6 +83,7 @@ class Publisher:
         self.rng = rng or random.Random()  # noqa: S311 - jitter
         self.requester = Requester(RequesterKind.HIE, self.settings.hie_ods, "publisher")
         self.stats = PublishStats()
+        self.store_decider = StoreDecider(services.engine)
         self.wake = asyncio.Event()
 
     async def run(self, until_idle: bool = False, stop: asyncio.Event | None = None) -> PublishStats:
@@ -122,7 +124,7 @@ class Publisher:
         async with self.services.engine.begin() as conn:
             claimed = await box.claim(conn, self.owner, now, until, limit)
             leased: dict[str, list[int]] = {}
-            for number, ids in claimed.items():
+            for number, ids in sorted(claimed.items()):  # one lease order for every publisher: no deadlock
                 if await box.lease_person(conn, number, self.owner, now, until):
                     leased[number] = ids + await box.claim_rest(conn, number, self.owner, now, until)
                 else:
@@ -152,10 +154,12 @@ class Publisher:
             async with self.services.engine.begin() as conn:
                 await box.start_delivery(conn, number, delivery_id)
         ask = Ask(self.requester, "direct-care", "publish", delivery_id)
+        # Decided from the store, never a cache: the consent change that queued this row committed
+        # with it, but may not yet have told the caches; a cached permit here would publish an
+        # opted-out person and close the very row meant to retract them.
+        fresh = Disclosure(self.services.engine, self.store_decider, self.services.disclosure.log)
         try:
-            disclosed = await self.services.disclosure.person(
-                ask, number, lambda n: load_person(self.services.engine, n)
-            )
+            disclosed = await fresh.person(ask, number, lambda n: load_person(self.services.engine, n))
         except DisclosureUnavailable:
             await self._retry(number, ids, "audit log unavailable", None)
             return

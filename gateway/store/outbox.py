@@ -95,9 +95,12 @@ async def claim_rest(
     conn: AsyncConnection, nhs_number: str, owner: str, now: datetime, until: datetime
 ) -> list[int]:
     """Once a person is leased, take all their due rows too: one delivery covers every change so far."""
+    candidates = select(outbox.c.id).where(outbox.c.nhs_number == nhs_number, _claimable(now))
+    if conn.dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
     rows = await conn.execute(
         update(outbox)
-        .where(outbox.c.nhs_number == nhs_number, _claimable(now))
+        .where(outbox.c.id.in_(candidates.scalar_subquery()))
         .values(status="claimed", claimed_by=owner, claimed_until=until)
         .returning(outbox.c.id)
     )

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from adapters.registry import adapter_for
 from consent.model import Authority, OptOutKind, Requester, RequesterKind
 from gateway.bootstrap import Services, bootstrap
+from gateway.decisions import StoreDecider
 from gateway.hie_stub.server import make_app
 from gateway.publish.client import HieClient
 from gateway.publish.publisher import Publisher, backfill
@@ -226,3 +227,29 @@ async def test_backfill_republishes_everyone_to_a_new_hie(world: Services, hie: 
     assert await backfill(world, page=5) == len(await people(world))
     await publish(world)
     await assert_hie_matches(world, hie, set())
+
+
+async def test_an_opt_out_whose_caches_are_not_yet_told_still_retracts(
+    world: Services, hie: TestServer
+) -> None:
+    """The gap between an opt-out's commit and its cache invalidation: the publisher decides from the store."""
+    await publish(world)
+    number = sorted(await people(world))[0]
+    hie_requester = Requester(RequesterKind.HIE, world.settings.hie_ods, "publisher")
+    assert (await world.decider.decide(number, "direct-care", hie_requester)).permitted  # a cached permit
+    real_changed = world.register.decider.changed
+
+    async def not_yet(epochs: Any) -> bool:
+        return True  # the commit happened; telling the caches has not
+
+    world.register.decider.changed = not_yet  # type: ignore[method-assign]
+    try:
+        await world.register.opt_out(number, OptOutKind.LOCAL, Authority.LETTER, ACTOR, "gap")
+        if type(world.decider) is not StoreDecider:  # PostgreSQL without Redis has no cache to be stale
+            assert (await world.decider.decide(number, "direct-care", hie_requester)).permitted, (
+                "cache is stale"
+            )
+        await publish(world)
+    finally:
+        world.register.decider.changed = real_changed  # type: ignore[method-assign]
+    await assert_hie_matches(world, hie, {number})
