@@ -79,10 +79,22 @@ async def sign_periodically(log: AuditLog, every_seconds: float) -> None:
     """Sign unsigned entries every ``every_seconds`` until cancelled (a serving process runs this).
 
     A failed attempt is retried at the next tick: the entries stay covered by the chain meanwhile.
+    Cancellation lands between attempts, never inside one: an attempt cancelled mid-transaction
+    would leave its connection holding the head's row lock (SQLite's write lock), and the
+    shutdown checkpoint that follows would wait on it until the store's busy timeout.
     """
     while True:
         await asyncio.sleep(every_seconds)
+        attempt = asyncio.ensure_future(_checkpoint_or_warn(log))
         try:
-            await log.checkpoint()
-        except Exception:  # noqa: BLE001 - a store hiccup must not end the signer; the next tick retries
-            logger.warning("signing an audit checkpoint failed; retrying at the next interval")
+            await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            await attempt
+            raise
+
+
+async def _checkpoint_or_warn(log: AuditLog) -> None:
+    try:
+        await log.checkpoint()
+    except Exception:  # noqa: BLE001 - a store hiccup must not end the signer; the next tick retries
+        logger.warning("signing an audit checkpoint failed; retrying at the next interval")

@@ -10,7 +10,7 @@ from gateway.audit.batcher import BatchedAppender
 from gateway.audit.log import AuditLog, sign_periodically
 from gateway.audit.verify import verify_store
 from gateway.bootstrap import Services
-from gateway.store.audit import read_head
+from gateway.store.audit import lock_head, read_head
 
 
 def entry(n: int) -> Entry:
@@ -61,6 +61,30 @@ async def test_the_periodic_signer_covers_the_tail(services: Services) -> None:
         signer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await signer
+
+
+async def test_stopping_the_signer_lets_an_attempt_in_flight_finish(services: Services) -> None:
+    """Shutdown cancels the signer and then signs: a half-done attempt must not keep the head locked."""
+    started, finished = asyncio.Event(), asyncio.Event()
+
+    class HoldingLog(AuditLog):
+        async def checkpoint(self):  # type: ignore[no-untyped-def]
+            async with self.engine.begin() as conn:
+                await lock_head(conn)
+                started.set()
+                await asyncio.sleep(0.2)
+            finished.set()
+
+    await services.log.append([entry(1)])
+    signer = asyncio.create_task(sign_periodically(HoldingLog(services.engine, services.log.key), 0.01))
+    await asyncio.wait_for(started.wait(), 5)
+    signer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await signer
+    assert finished.is_set()
+    assert signer.cancelled()
+    checkpoint = await asyncio.wait_for(services.log.checkpoint(), 5)
+    assert checkpoint is not None and checkpoint.seq == 1
 
 
 class CountingLog(AuditLog):
