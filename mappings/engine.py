@@ -202,6 +202,7 @@ class Engine:
             "int": lambda v, a, s, r: _int(v, r),
             "nhs-number": lambda v, a, s, r: _nhs(v, r),
             "ods-reference": lambda v, a, s, r: {"identifier": {"system": ODS_SYSTEM, "value": _text(v)}},
+            "contained-reference": lambda v, a, s, r: v if isinstance(v, str) and v.startswith("#") else None,
             "code": self._code,
             "coding": self._coding,
             "concept": self._concept,

@@ -185,6 +185,46 @@ def test_every_ukcore_patient_example_maps_and_validates(mapper: Mapper, path: P
     assert {k: mapped.contribution[k] for k in sent} == sent
 
 
+def resolvable(references: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """References as stored: a contained one as sent, a literal one reduced to identifier and display."""
+    kept = [
+        {k: v for k, v in ref.items() if k != "reference" or v.startswith("#")} for ref in references or ()
+    ]
+    return [ref for ref in kept if ref] or None
+
+
+def test_literal_references_to_resources_never_stored_keep_only_identifier_and_display(
+    mapper: Mapper,
+) -> None:
+    plan = load(UKCORE / "UKCore-CarePlan-WellnessPlan-Example.json")
+    plan["subject"] = {"reference": f"Patient?identifier={NHS_NUMBER_SYSTEM}|{TEST_NUMBER}"}
+    plan["contained"] = [
+        {
+            "resourceType": "Goal",
+            "id": "walk",
+            "lifecycleStatus": "active",
+            "description": {"text": "Walk to the shops"},
+            "subject": {"reference": f"Patient?identifier={NHS_NUMBER_SYSTEM}|{TEST_NUMBER}"},
+        }
+    ]
+    plan["goal"] = [{"reference": "#walk"}, {"reference": "Goal/elsewhere"}]
+    plan["addresses"] = [{"reference": "Condition/c1", "display": "Asthma"}]
+    plan["careTeam"] = [
+        {
+            "reference": "https://ehr.example.org/fhir/CareTeam/7",
+            "identifier": {"system": "https://ehr.example.org/team", "value": "7"},
+        }
+    ]
+    plan["activity"] = [
+        {"detail": {"status": "scheduled", "location": {"reference": "Location/l1", "display": "Day centre"}}}
+    ]
+    [care_plan, _] = map_one(mapper, bundle(plan)).resources
+    assert care_plan["goal"] == [{"reference": "#walk"}]
+    assert care_plan["addresses"] == [{"display": "Asthma"}]
+    assert care_plan["careTeam"] == [{"identifier": {"system": "https://ehr.example.org/team", "value": "7"}}]
+    assert care_plan["activity"][0]["detail"]["location"] == {"display": "Day centre"}
+
+
 @pytest.mark.parametrize("path", sorted(R4.glob("CarePlan-*.json")), ids=lambda p: p.name)
 def test_every_r4_care_plan_maps_and_validates(mapper: Mapper, path: Path) -> None:
     plan = load(path)
@@ -192,8 +232,10 @@ def test_every_r4_care_plan_maps_and_validates(mapper: Mapper, path: Path) -> No
     patient["id"] = plan["subject"]["reference"].removeprefix("Patient/")
     mapped = map_one(mapper, bundle(plan, patient))
     [care_plan, _] = mapped.resources
-    for element in ("status", "intent", "contained", "addresses", "goal"):
-        assert care_plan.get(element) == plan.get(element) or element == "contained", element
+    for element in ("status", "intent"):
+        assert care_plan.get(element) == plan.get(element), element
+    for element in ("addresses", "goal", "careTeam"):
+        assert care_plan.get(element) == resolvable(plan.get(element)), element
     for contained in care_plan.get("contained", []):
         if "subject" in contained:  # the sender's Patient/... became the person's NHS number
             assert contained["subject"]["identifier"] == {"system": NHS_NUMBER_SYSTEM, "value": TEST_NUMBER}
