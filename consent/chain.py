@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -61,27 +61,17 @@ class Entry:
     consent_id: str | None = None
     detail: str = "{}"
 
+    def row(self, seq: int) -> tuple[Any, ...]:
+        """The entry as stored, less its hash: ``(seq, *ENTRY_FIELDS)``."""
+        return (
+            seq, self.at, self.kind, self.action, self.request_id, self.requester_kind, self.org_ods,
+            self.client_id, self.nhs_number, self.purpose, self.decision, self.reason, self.consent_id,
+            self.detail,
+        )  # fmt: skip
+
     def canonical(self, seq: int) -> bytes:
         """The bytes the chain hashes: a JSON array in field order, the format and sequence first."""
-        return orjson.dumps(
-            [
-                FORMAT,
-                seq,
-                self.at,
-                self.kind,
-                self.action,
-                self.request_id,
-                self.requester_kind,
-                self.org_ods,
-                self.client_id,
-                self.nhs_number,
-                self.purpose,
-                self.decision,
-                self.reason,
-                self.consent_id,
-                self.detail,
-            ]
-        )
+        return orjson.dumps([FORMAT, *self.row(seq)])
 
 
 ENTRY_FIELDS: Final = tuple(f.name for f in fields(Entry))
@@ -98,6 +88,20 @@ def detail(**values: object) -> str:
 
 def link(previous: bytes, seq: int, entry: Entry) -> bytes:
     return hashlib.sha256(previous + entry.canonical(seq)).digest()
+
+
+def chained_rows(previous: bytes, seq: int, entries: Iterable[Entry]) -> tuple[list[tuple[Any, ...]], bytes]:
+    """The rows to store for ``entries`` appended after entry ``seq`` whose hash is ``previous``:
+    ``(seq, *ENTRY_FIELDS, entry_hash)`` each; and the last entry's hash."""
+    sha256 = hashlib.sha256
+    dumps = orjson.dumps
+    rows = []
+    for entry in entries:
+        seq += 1
+        row = entry.row(seq)
+        previous = sha256(previous + dumps([FORMAT, *row])).digest()
+        rows.append((*row, previous.hex()))
+    return rows, previous
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +211,9 @@ class Verifier:
     ``checkpoints`` may come in any order. ``public_keys`` maps key id to key
     (several after a rotation). ``expect`` holds (seq, hash) pairs noted outside
     the store, which catch a truncation that also removed the checkpoints after it.
+
+    The log can also be checked in contiguous spans by other processes (``SpanChecker``):
+    ``absorb`` then takes their findings in ``seq`` order and reaches the same result.
     """
 
     def __init__(
@@ -221,6 +228,8 @@ class Verifier:
         self.expected = dict(expect)
         self.previous = GENESIS
         self.next_seq = 1
+        #: The entries whose hash something else vouches for: a checkpoint or a noted hash.
+        self.watched: frozenset[int] = frozenset(self.by_seq) | frozenset(self.expected)
 
     def feed(self, entries: Iterable[StoredEntry]) -> bool:
         """Check the next entries; False once a problem is found (the rest need not be read)."""
@@ -237,46 +246,18 @@ class Verifier:
         result = self.result
         if result.problem is not None:
             return False
-        previous = self.previous
-        next_seq = self.next_seq
-        signed = bool(self.by_seq or self.expected)
-        sha256 = hashlib.sha256
-        dumps = orjson.dumps
-        try:
-            for row in rows:
-                seq = row[0]
-                if seq != next_seq:
-                    if seq > next_seq:
-                        message = f"entry {next_seq} is missing (the next stored is {seq})"
-                        result.problem = Problem(next_seq, "missing", message)
-                    else:
-                        message = f"entry {seq} appears again after entry {next_seq - 1}"
-                        result.problem = Problem(seq, "duplicate", message)
-                    return False
-                digest = sha256(previous + dumps([FORMAT, *row[:-1]])).digest()
-                hexdigest = digest.hex()
-                if hexdigest != row[-1]:
-                    result.problem = Problem(
-                        seq,
-                        "altered",
-                        f"entry {seq} does not match its hash: it was edited, inserted or moved",
-                    )
-                    return False
-                if signed:
-                    problem = self._signed(seq, hexdigest)
-                    if problem is not None:
-                        result.problem = problem
-                        return False
-                previous = digest
-                result.entries += 1
-                next_seq += 1
-            return True
-        finally:
-            self.previous = previous
-            self.next_seq = next_seq
-            result.last_seq = next_seq - 1
+        start = self.next_seq
+        self.previous, self.next_seq, problem = _walk(
+            rows, self.previous, start, self.watched, self._at_watched
+        )
+        result.entries += self.next_seq - start
+        result.last_seq = self.next_seq - 1
+        if problem is not None:
+            result.problem = problem
+            return False
+        return True
 
-    def _signed(self, seq: int, hexdigest: str) -> Problem | None:
+    def _at_watched(self, seq: int, hexdigest: str, previous: bytes) -> Problem | None:
         signed = self.by_seq.get(seq)
         if signed is not None and (
             problem := _check_checkpoint(signed, hexdigest, self.public_keys, self.result)
@@ -288,6 +269,38 @@ class Verifier:
                 seq, "rewritten", f"entry {seq} differs from the hash noted for it outside the log"
             )
         return None
+
+    def absorb(self, span: Span) -> bool:
+        """Take the findings of the next span in ``seq`` order; False once a problem is found.
+
+        The span's own links were checked where it was read; here its first link is checked (it
+        must start from the hash the span before ended on) and the checkpoints and noted hashes
+        inside it, in order, exactly as ``feed_rows`` would have met them. Raises
+        ``SpanMismatch`` if the spans do not join up (the log changed between their reads).
+        """
+        result = self.result
+        if result.problem is not None:
+            return False
+        if span.lo != self.next_seq - 1 or span.seed != self.previous.hex():
+            raise SpanMismatch(f"the span after entry {span.lo} does not join the one before it")
+        for seq in sorted(span.hashes):
+            hexdigest, before = span.hashes[seq]
+            problem = self._at_watched(seq, hexdigest, bytes.fromhex(before))
+            if problem is not None:
+                self._advance(seq - 1, before)
+                result.problem = problem
+                return False
+        self._advance(span.last_seq, span.last_hash)
+        if span.problem is not None:
+            result.problem = span.problem
+            return False
+        return True
+
+    def _advance(self, last_seq: int, last_hash: str) -> None:
+        self.result.entries += last_seq - (self.next_seq - 1)
+        self.result.last_seq = last_seq
+        self.next_seq = last_seq + 1
+        self.previous = bytes.fromhex(last_hash)
 
     def finish(self) -> Verification:
         """The result; a checkpoint or noted hash beyond the last entry means the log was truncated."""
@@ -304,6 +317,153 @@ class Verifier:
                 f"entries {result.last_seq + 1} to {beyond[-1]} were removed",
             )
         return result
+
+
+def _walk(
+    rows: Iterable[Sequence[Any]],
+    previous: bytes,
+    next_seq: int,
+    watched: Container[int],
+    at_watched: Callable[[int, str, bytes], Problem | None],
+) -> tuple[bytes, int, Problem | None]:
+    """Check each row's seq and link; returns the last good hash, the next seq and the first problem.
+
+    The one loop every entry of a verify goes through: ``at_watched`` is called only for the
+    entries in ``watched`` (checkpoints, noted hashes), with the entry's hash and the one before.
+    """
+    sha256 = hashlib.sha256
+    dumps = orjson.dumps
+    for row in rows:
+        seq = row[0]
+        if seq != next_seq:
+            return previous, next_seq, _out_of_order(next_seq, seq)
+        digest = sha256(previous + dumps([FORMAT, *row[:-1]])).digest()
+        hexdigest = digest.hex()
+        if hexdigest != row[-1]:
+            message = f"entry {seq} does not match its hash: it was edited, inserted or moved"
+            return previous, next_seq, Problem(seq, "altered", message)
+        if seq in watched:
+            problem = at_watched(seq, hexdigest, previous)
+            if problem is not None:
+                return previous, next_seq, problem
+        previous = digest
+        next_seq += 1
+    return previous, next_seq, None
+
+
+def _out_of_order(next_seq: int, seq: int) -> Problem:
+    if seq > next_seq:
+        return Problem(next_seq, "missing", f"entry {next_seq} is missing (the next stored is {seq})")
+    return Problem(seq, "duplicate", f"entry {seq} appears again after entry {next_seq - 1}")
+
+
+class SpanMismatch(RuntimeError):
+    """Spans checked apart do not join up: the log changed while they were read."""
+
+
+@dataclass(slots=True)
+class Span:
+    """What one worker found in entries ``lo + 1`` onwards, checked apart from the rest of the log.
+
+    ``seed`` is the *stored* hash of entry ``lo`` the worker started from (``None`` if entry
+    ``lo`` is not stored); the span before must end on it. ``hashes`` maps each watched entry
+    the worker verified to its hash and the hash before it, for ``Verifier.absorb`` to check
+    against checkpoints. ``last_seq``/``last_hash`` are the last entry verified, ``problem`` the
+    first bad entry within the span (a gap at its end included), ``ended`` that the log ends in it.
+    """
+
+    lo: int
+    seed: str | None
+    last_seq: int
+    last_hash: str
+    hashes: dict[int, tuple[str, str]] = field(default_factory=dict)
+    problem: Problem | None = None
+    ended: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        problem = self.problem
+        return {
+            "lo": self.lo,
+            "seed": self.seed,
+            "last_seq": self.last_seq,
+            "last_hash": self.last_hash,
+            "hashes": [[seq, *pair] for seq, pair in self.hashes.items()],
+            "problem": None if problem is None else [problem.seq, problem.code, problem.message],
+            "ended": self.ended,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Span:
+        problem = data["problem"]
+        return cls(
+            data["lo"],
+            data["seed"],
+            data["last_seq"],
+            data["last_hash"],
+            {seq: (digest, before) for seq, digest, before in data["hashes"]},
+            None if problem is None else Problem(*problem),
+            data["ended"],
+        )
+
+
+class SpanChecker:
+    """Checks the entries after ``lo`` (fed in ``seq`` order) starting from ``seed``, the stored hash
+    of entry ``lo``: every link inside the span, nothing about checkpoints (``Verifier.absorb``
+    does those, in the parent)."""
+
+    def __init__(self, lo: int, seed: str, watched: Container[int]) -> None:
+        self.span = Span(lo, seed, lo, seed)
+        self.watched = watched
+        self._previous = bytes.fromhex(seed)
+        self._next_seq = lo + 1
+
+    def feed_rows(self, rows: Iterable[Sequence[Any]]) -> bool:
+        span = self.span
+        if span.problem is not None:
+            return False
+        self._previous, self._next_seq, span.problem = _walk(
+            rows, self._previous, self._next_seq, self.watched, self._note
+        )
+        span.last_seq = self._next_seq - 1
+        span.last_hash = self._previous.hex()
+        return span.problem is None
+
+    def _note(self, seq: int, hexdigest: str, previous: bytes) -> None:
+        self.span.hashes[seq] = (hexdigest, previous.hex())
+
+    def finish(self, hi: int | None, next_stored: int | None) -> Span:
+        """The span read up to ``hi`` (``None``: to the end of the log); ``next_stored`` is the first
+        entry stored after ``hi``, if any: entries missing at the end of the span are a gap before
+        it, and with nothing after them the log ends here."""
+        span = self.span
+        if span.problem is None:
+            if hi is not None and span.last_seq < hi and next_stored is not None:
+                span.problem = _out_of_order(span.last_seq + 1, next_stored)
+            else:
+                span.ended = hi is None or span.last_seq < hi
+        return span
+
+
+def plan_spans(last_seq: int, count: int) -> list[tuple[int, int | None]]:
+    """Entries 1..``last_seq`` cut into ``count`` contiguous spans ``(lo, hi]``; the last is open-ended
+    (it also reads whatever was appended since ``last_seq`` was read)."""
+    count = max(1, min(count, last_seq))
+    cuts = [last_seq * k // count for k in range(count + 1)]
+    return [(cuts[k], cuts[k + 1] if k + 1 < count else None) for k in range(count)]
+
+
+def join_spans(verifier: Verifier, spans: Sequence[Span]) -> Verification:
+    """The findings of consecutive spans (in ``seq`` order, together covering the log) joined into the
+    result one pass would give; raises ``SpanMismatch`` if they do not fit (the log changed meanwhile)."""
+    for i, span in enumerate(spans):
+        if not verifier.absorb(span):
+            break
+        if span.ended:
+            # The log ends in this span: a later span holding entries means it changed meanwhile.
+            if any(later.seed is not None for later in spans[i + 1 :]):
+                raise SpanMismatch(f"entries after entry {span.last_seq} appeared while verifying")
+            break
+    return verifier.finish()
 
 
 def _check_checkpoint(
