@@ -15,7 +15,7 @@ from gateway.ingest import Ingestor
 from gateway.publish.signal import OutboxSignal
 from gateway.register import ConsentRegister
 from gateway.settings import Settings
-from gateway.store.database import create_engine, migrate
+from gateway.store.database import create_engine, migrate, reader
 from mappings.engine import Engine
 from mappings.ids import IdMaker
 from mappings.mapper import Mapper
@@ -74,7 +74,7 @@ async def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Servi
         await migrate(engine)
     mapper = build_mapper(settings)
     log = AuditLog(engine, key, settings.audit_checkpoint_entries)
-    decider = build_decider(settings, engine)
+    decider = build_decider(settings, reader(engine))  # it only reads: one statement per decision
     signal = OutboxSignal(
         decider.redis if isinstance(decider, RedisDecider) else None, f"{settings.redis_prefix}outbox"
     )
@@ -84,5 +84,13 @@ async def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Servi
     ingestor.register = register
     ingestor.on_commit = signal.changed
     return Services(
-        settings, engine, mapper, ingestor, log, decider, register, Disclosure(engine, decider, log), signal
+        settings,
+        engine,
+        mapper,
+        ingestor,
+        log,
+        decider,
+        register,
+        Disclosure(reader(engine), decider, log),
+        signal,
     )

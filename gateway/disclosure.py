@@ -77,7 +77,7 @@ class Disclosure:
     def __init__(
         self, engine: AsyncEngine, decider: Decider, log: Appender, clock: Callable[[], datetime] = utcnow
     ) -> None:
-        self.engine = engine
+        self.engine = engine  # reads only (a person's refs, the register): ``store.database.reader``
         self.decider = decider
         self.log = log
         self.clock = clock

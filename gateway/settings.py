@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     database_url: str | None = None
     #: PostgreSQL schema to use (search_path); unset: the server's default (public).
     database_schema: str | None = None
+    #: Connections each process keeps open to the store, and how many more it may open in a burst
+    #: (PostgreSQL's max_connections must cover every process's sum).
+    database_pool_size: int = Field(default=16, ge=1)
+    database_max_overflow: int = Field(default=4, ge=0)
     redis_url: str | None = None
     #: Prefix of every Redis key concord writes: deployments (or test runs) sharing a Redis keep apart.
     redis_prefix: str = "concord:"
@@ -56,6 +60,8 @@ class Settings(BaseSettings):
     #: Secret that keys resource ids (HMAC), so an id in a URL does not reveal an NHS number.
     #: Unset: generated once in ``data_dir``. Several processes must share one value.
     id_key: str | None = Field(default=None, repr=False)
+    #: A file holding the id key instead (a mounted secret such as ``/run/secrets/...``).
+    id_key_file: Path | None = None
     #: Records per store transaction during ingest.
     ingest_batch_size: int = 500
     #: Worker processes that validate the next batches while the current one is written, used by
@@ -80,6 +86,8 @@ class Settings(BaseSettings):
     #: Secret that signs this gateway's own access tokens (HMAC-SHA256). Unset: generated in
     #: ``data_dir`` (embedded default only). Every API process must share one value.
     token_secret: str | None = Field(default=None, repr=False)
+    #: A file holding the token secret instead (a mounted secret).
+    token_secret_file: Path | None = None
     #: Life of an access token, in seconds (SMART Backend Services: at most 300).
     token_seconds: int = Field(default=300, gt=0, le=300)
     #: Largest request body accepted, in bytes.
@@ -87,6 +95,11 @@ class Settings(BaseSettings):
     #: Largest page a search returns (``_count`` above it is capped); and the default page.
     max_page_size: int = Field(default=100, gt=0)
     default_page_size: int = Field(default=20, gt=0)
+    #: Requests a second each client may make, refilling a bucket of ``rate_limit_burst`` (shared
+    #: through Redis when configured, else per process). 0: no rate limit.
+    rate_limit_per_second: float = Field(default=50.0, ge=0)
+    #: Requests a client may make at once after a quiet spell (the bucket's size).
+    rate_limit_burst: int = Field(default=100, ge=1)
 
     def resolved_ingest_workers(self) -> int:
         if self.ingest_workers is not None:
@@ -108,15 +121,19 @@ class Settings(BaseSettings):
         return Path(url.split(":///", 1)[1])
 
     def resolved_id_key(self) -> bytes:
-        if self.id_key:
-            return self.id_key.encode()
+        given = _given_secret(self.id_key, self.id_key_file, "CONCORD_ID_KEY")
+        if given is not None:
+            return given
         return self._generated_secret("id.key")
 
     def resolved_token_secret(self) -> bytes:
-        if self.token_secret:
-            return self.token_secret.encode()
+        given = _given_secret(self.token_secret, self.token_secret_file, "CONCORD_TOKEN_SECRET")
+        if given is not None:
+            return given
         if not self.is_sqlite():
-            raise ValueError("CONCORD_TOKEN_SECRET must be set outside the embedded default")
+            raise ValueError(
+                "CONCORD_TOKEN_SECRET or CONCORD_TOKEN_SECRET_FILE must be set outside the embedded default"
+            )
         return self._generated_secret("token.key")
 
     def _generated_secret(self, name: str) -> bytes:
@@ -131,6 +148,24 @@ class Settings(BaseSettings):
             tmp.chmod(0o600)
             tmp.replace(path)
         return path.read_text().strip().encode()
+
+
+def _given_secret(value: str | None, file: Path | None, name: str) -> bytes | None:
+    """A secret set as a value (``NAME``) or as a file (``NAME_FILE``, surrounding whitespace dropped).
+
+    The file is read on each call (it is small), so nothing but the path is kept in the settings.
+    """
+    if file is None:
+        return value.encode() if value else None
+    if value:
+        raise ValueError(f"set {name} or {name}_FILE, not both")
+    try:
+        text = file.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        raise ValueError(f"cannot read {name}_FILE ({file})") from None
+    if not text:
+        raise ValueError(f"{name}_FILE ({file}) is empty")
+    return text.encode()
 
 
 def normalise_database_url(url: str) -> str:

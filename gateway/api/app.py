@@ -18,15 +18,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.api.metrics import install_metrics
+from gateway.api.metrics import install_metrics, metrics_of
 from gateway.api.middleware import install_middleware
+from gateway.api.openapi import install as install_openapi
 from gateway.api.outcome import FHIR_JSON, ApiError, outcome_bytes
+from gateway.api.ratelimit import build_limiter
 from gateway.api.tokens import AccessTokens
 from gateway.audit.batcher import BatchedAppender
 from gateway.audit.log import sign_periodically
 from gateway.bootstrap import Services, bootstrap
 from gateway.disclosure import DisclosureUnavailable
 from gateway.settings import Settings
+from gateway.store.database import UNAVAILABLE_ERRORS, is_unavailable, reader
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
@@ -40,6 +43,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         built.disclosure.log = BatchedAppender(built.log)
         install_metrics(app, built)
         app.state.services = built
+        app.state.reads = reader(built.engine)
+        app.state.limiter = build_limiter(settings, built, metrics_of(app))
         app.state.tokens = AccessTokens(
             settings.resolved_token_secret(), settings.public_url.rstrip("/"), settings.token_seconds
         )
@@ -80,6 +85,20 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             media_type=FHIR_JSON,
         )
 
+    async def store_unavailable(_request: Request, exc: Exception) -> Response:
+        if not is_unavailable(exc):
+            raise exc  # a fault, not an outage: the 500 path (logged with its request id)
+        metrics_of(app).store_unavailable.inc()
+        return Response(
+            outcome_bytes("transient", "the store is unavailable; try again shortly"),
+            503,
+            {"Retry-After": "5"},
+            media_type=FHIR_JSON,
+        )
+
+    for error in UNAVAILABLE_ERRORS:
+        app.add_exception_handler(error, store_unavailable)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> Response:
         where = ", ".join(".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()[:3])
@@ -90,9 +109,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         code = {404: "not-found", 405: "not-supported", 401: "login", 403: "forbidden"}.get(
             exc.status_code, "processing"
         )
-        return Response(outcome_bytes(code, str(exc.detail)), exc.status_code, media_type=FHIR_JSON)
+        return Response(
+            outcome_bytes(code, str(exc.detail)), exc.status_code, exc.headers, media_type=FHIR_JSON
+        )
 
     from gateway.api.routes import mount
 
     mount(app)
+    install_openapi(app)
     return app

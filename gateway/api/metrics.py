@@ -5,7 +5,7 @@ Contracts:
 - Every label value comes from a closed set: the HTTP method (known verbs, else
   ``OTHER``), the matched route's *template* (``/fhir/Patient/{id}``;
   ``<unmatched>`` when no route matched), the status class (``2xx``..``5xx``),
-  consent verdict and reason codes, log entry kinds. Never a raw path, a query
+  consent verdict and reason codes, log entry kinds, client roles. Never a raw path, a query
   string, a resource id or an NHS number.
 - Decisions and log appends are counted by wrapping the disclosure's appender
   (``install_metrics``): a decision counts once its log entry is committed, which
@@ -36,6 +36,7 @@ from starlette.types import Scope
 
 from consent.chain import Entry, Kind
 from consent.model import Reason, Verdict
+from gateway.api.principal import Role
 from gateway.bootstrap import Services
 from gateway.disclosure import Appender
 
@@ -44,6 +45,7 @@ METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OP
 VERDICTS: Final = frozenset(v.value for v in Verdict)
 REASONS: Final = frozenset(r.value for r in Reason)
 KINDS: Final = frozenset({Kind.CONSENT_CHANGE, Kind.DISCLOSURE})
+ROLES: Final = frozenset(r.value for r in Role)
 BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -113,12 +115,35 @@ class Metrics:
             "Appends to the audit log that failed (the disclosure was withheld: 503).",
             registry=r,
         )
+        self.store_unavailable = Counter(
+            "concord_store_unavailable",
+            "Requests answered 503 because the store was down, unreachable or out of connections.",
+            registry=r,
+        )
+        self.throttled = Counter(
+            "concord_rate_limited_requests",
+            "Requests refused with 429 because the client's rate limit was spent, by the client's role.",
+            ("role",),
+            registry=r,
+        )
+        self.rate_limit_fallbacks = Counter(
+            "concord_rate_limit_fallbacks",
+            "Rate-limit checks made in this process's own buckets because Redis failed.",
+            registry=r,
+        )
 
     def observe(self, method: str, route: str | None, status: int, seconds: float) -> None:
         """Count one answered request. ``route`` must be a template or None, never a raw path."""
         labels = (method if method in METHODS else "OTHER", route or UNMATCHED, status_class(status))
         self.requests.labels(*labels).inc()
         self.latency.labels(*labels).observe(seconds)
+
+    def rate_limited(self, role: str, allowed: bool, fallback: bool) -> None:
+        """Count one rate-limit check: a refusal by the client's role, a check Redis could not make."""
+        if not allowed:
+            self.throttled.labels(_bounded(role, ROLES)).inc()
+        if fallback:
+            self.rate_limit_fallbacks.inc()
 
     def appended(self, entries: Sequence[Entry]) -> None:
         for entry in entries:

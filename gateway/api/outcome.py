@@ -7,6 +7,7 @@ ApiError
  ├── Forbidden           403 forbidden       (scope or role; never about a person)
  ├── Conflict            409 conflict
  ├── TooLarge            413 too-long
+ ├── Throttled           429 throttled       (the client's rate limit is spent; Retry-After)
  └── Unavailable         503 transient       (the log cannot be written, the store is down)
 """
 
@@ -61,6 +62,11 @@ class Conflict(ApiError):
 class TooLarge(ApiError):
     status = 413
     code = "too-long"
+
+
+class Throttled(ApiError):
+    status = 429
+    code = "throttled"
 
 
 class Unavailable(ApiError):

@@ -6,7 +6,9 @@ the security headers on every answer:
 
 - ``SignInNeeded``: 303 to the sign-in page (no session, or it has run out);
 - ``PageError``: an error page with its status (403 wrong role or scope, 400 a failed CSRF check);
-- ``DisclosureUnavailable``: 503, nothing shown, as the API does when the log cannot be written.
+- ``DisclosureUnavailable``: 503, nothing shown, as the API does when the log cannot be written;
+- ``Throttled``: 429 with Retry-After, a signed-in session's client having spent its rate limit
+  (the same budget as its API calls: ``gateway.api.ratelimit``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from gateway.api.outcome import Throttled
 from gateway.api.principal import Principal, Role
+from gateway.api.ratelimit import admit
 from gateway.bootstrap import Services
 from gateway.console.seal import Sealer
 from gateway.console.session import Session, Sessions
@@ -85,6 +89,7 @@ class ConsoleRoute(APIRoute):
         async def run(request: Request) -> Response:
             request.state.csp_nonce = secrets.token_urlsafe(16)
             try:
+                await admit_session(request)
                 response = await handler(request)
             except SignInNeeded as exc:
                 response = RedirectResponse(exc.location, 303)
@@ -100,10 +105,27 @@ class ConsoleRoute(APIRoute):
                     ),
                 )
                 response.headers["Retry-After"] = "5"
+            except Throttled as exc:
+                response = error_page(
+                    request,
+                    PageError(
+                        429,
+                        "Too many requests",
+                        "Your organisation has sent too many requests. Try again shortly.",
+                    ),
+                )
+                response.headers.update(exc.headers)
             harden(response, request.state.csp_nonce)
             return response
 
         return run
+
+
+async def admit_session(request: Request) -> None:
+    """A signed-in session's request takes a token from its client's rate limit, as an API call does."""
+    session = sessions_of(request).read(request)
+    if session is not None and session.principal is not None:
+        await admit(request, session.principal)
 
 
 def sessions_of(request: Request) -> Sessions:

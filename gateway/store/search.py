@@ -123,30 +123,52 @@ async def history_page(
     return total, [_stored(r) for r in rows]
 
 
+def patient_query(nhs_number: str) -> Select[Any]:
+    """The statement ``patient_of`` runs (an index lookup on ``ix_resources_person``)."""
+    return select(*_COLUMNS).where(
+        resources.c.nhs_number == nhs_number, resources.c.resource_type == "Patient"
+    )
+
+
 async def patient_of(conn: AsyncConnection, nhs_number: str) -> Stored | None:
     """The shared Patient of this person."""
-    row = (
-        await conn.execute(
-            select(*_COLUMNS).where(
-                resources.c.resource_type == "Patient", resources.c.nhs_number == nhs_number
-            )
-        )
-    ).first()
+    row = (await conn.execute(patient_query(nhs_number))).first()
     return None if row is None else _stored(row)
+
+
+def careplan_queries(
+    nhs_number: str, statuses: Collection[str], offset: int, limit: int
+) -> tuple[Select[Any], Select[Any]]:
+    """The statements ``careplans`` runs: (count, page), both ranges of ``ix_resources_person``.
+
+    The page carries the total of all matches in each row (a window count, taken before the
+    limit), so a page with rows needs no second statement.
+    """
+    where = and_(resources.c.nhs_number == nhs_number, resources.c.resource_type == "CarePlan")
+    if statuses:
+        where = and_(where, resources.c.status.in_(sorted(statuses)))
+    count = select(func.count()).select_from(resources).where(where)
+    page = (
+        select(*_COLUMNS, func.count().over())
+        .where(where)
+        .order_by(resources.c.id)
+        .offset(offset)
+        .limit(limit)
+    )
+    return count, page
 
 
 async def careplans(
     conn: AsyncConnection, nhs_number: str, statuses: Collection[str], offset: int, limit: int
 ) -> tuple[int, list[Stored]]:
     """A page of this person's CarePlans (all sources), optionally only those in ``statuses``."""
-    where = and_(resources.c.resource_type == "CarePlan", resources.c.nhs_number == nhs_number)
-    if statuses:
-        where = and_(where, resources.c.status.in_(sorted(statuses)))
-    total = (await conn.execute(select(func.count()).select_from(resources).where(where))).scalar_one()
-    rows = await conn.execute(
-        select(*_COLUMNS).where(where).order_by(resources.c.id).offset(offset).limit(limit)
-    )
-    return total, [_stored(r) for r in rows]
+    count, page = careplan_queries(nhs_number, statuses, offset, limit)
+    rows = (await conn.execute(page)).all() if limit > 0 else []
+    if rows:
+        return rows[0][-1], [_stored(r[:-1]) for r in rows]
+    if offset == 0 and limit > 0:
+        return 0, []  # no page from the start: nothing matches
+    return (await conn.execute(count)).scalar_one(), []
 
 
 async def person_page(

@@ -42,6 +42,7 @@ from sqlalchemy import ColumnElement, and_, false, or_
 
 from consent.auditevent import ACTIONS, audit_event
 from consent.chain import Checkpoint, Kind, StoredEntry, public_key_pem, timestamp
+from gateway.api import openapi
 from gateway.api.deps import RequestId, ServicesDep
 from gateway.api.outcome import FHIR_JSON, BadRequest, ignored_parameters
 from gateway.api.principal import Principal, Role
@@ -53,7 +54,7 @@ from gateway.bootstrap import Services
 from gateway.store.audit import entries_query, read_head, stream_entries
 from gateway.store.schema import audit_log
 
-router = APIRouter(tags=["Audit"])
+router = APIRouter(tags=["Audit"], responses=openapi.ERRORS)
 
 READ_SCOPE: Final = "system/AuditEvent.read"
 AUDITORS: Final = frozenset({Role.IG_AUDITOR, Role.ADMIN})
@@ -107,7 +108,27 @@ class AuditQuery:
         return found
 
 
-@router.get("/fhir/AuditEvent")
+@router.get(
+    "/fhir/AuditEvent",
+    openapi_extra={
+        "parameters": [
+            openapi.param("patient.identifier", openapi.NHS_IDENTIFIER + " (or patient:identifier)"),
+            openapi.param("agent", "The requesting organisation's ODS code (or agent.identifier)"),
+            openapi.param("altid", "The requesting client's id"),
+            openapi.param("date", "A date or instant with a prefix (eq, ge, gt, le, lt); may repeat"),
+            openapi.param("outcome", "0 (success) or 4 (denied), comma-separated"),
+            openapi.param(
+                "subtype",
+                "The subtype: a RESTful interaction (read, search-type, ...), disclose, or an action",
+            ),
+            openapi.param("action", "The AuditEvent action code (C, R, U, D, E), comma-separated"),
+            openapi.param("type", "110106 (disclosures) or another DICOM type code (the other entries)"),
+            *openapi.RESULT_PARAMETERS[:1],
+            openapi.param("_page_token", "The paging token from a Bundle's next link"),
+            *openapi.RESULT_PARAMETERS[2:],
+        ]
+    },
+)
 async def search_audit_events(
     request: Request, caller: Auditor, services: ServicesDep, request_id: RequestId
 ) -> Response:

@@ -21,7 +21,7 @@ logged by the register itself (``consent-change``), in the change's transaction.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Final
 
 import orjson
@@ -30,6 +30,7 @@ from fastapi.responses import Response
 
 from consent.chain import Entry, Kind, detail, timestamp
 from consent.model import Verdict
+from gateway.api import openapi
 from gateway.api.consent_resource import ConsentError, parse_opt_out, parse_withdrawal, patient_nhs_number
 from gateway.api.deps import Caller, RequestId, ServicesDep
 from gateway.api.outcome import FHIR_JSON, ApiError, BadRequest, Forbidden, NotFound, ignored_parameters
@@ -39,7 +40,11 @@ from gateway.api.search import IDENTIFIER, Limits, parse, strict_handling
 from gateway.bootstrap import Services
 from gateway.disclosure import DisclosureUnavailable
 
-router = APIRouter(prefix="/fhir", tags=["Consent"])
+router = APIRouter(
+    prefix="/fhir",
+    tags=["Consent"],
+    responses={**openapi.ERRORS, 422: openapi.answer("The Consent breaks a rule (business-rule)")},
+)
 
 WRITE_SCOPE: Final = "system/Consent.write"
 READ_SCOPE: Final = "system/Consent.read"
@@ -58,10 +63,10 @@ class Unprocessable(ApiError):
     code = "business-rule"
 
 
-def allowed(roles: frozenset[Role], scope: str, what: str) -> Callable[[Principal], Principal]:
+def allowed(roles: frozenset[Role], scope: str, what: str) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency: a caller of one of ``roles`` holding ``scope``; 403 otherwise."""
 
-    def check(principal: Caller) -> Principal:
+    async def check(principal: Caller) -> Principal:  # async: FastAPI runs a plain def in a thread
         if principal.role not in roles:
             names = ", ".join(sorted(r.value for r in roles))
             raise Forbidden(f"{what} is open to the roles {names} only")
@@ -76,7 +81,11 @@ Writer = Annotated[Principal, Depends(allowed(WRITERS, WRITE_SCOPE, "recording c
 Reader = Annotated[Principal, Depends(allowed(READERS, READ_SCOPE, "reading the consent register"))]
 
 
-@router.post("/Consent")
+@router.post(
+    "/Consent",
+    responses={201: {"description": "Recorded; 200 answers with the opt-out already in force"}},
+    openapi_extra=openapi.body("An opt-out (FHIR Consent)", FHIR_JSON, openapi.JSON),
+)
 async def record_opt_out(
     request: Request, caller: Writer, services: ServicesDep, request_id: RequestId
 ) -> Response:
@@ -93,7 +102,10 @@ async def record_opt_out(
     return _consent(stored, 201, {"Location": location})
 
 
-@router.put("/Consent/{consent_id}")
+@router.put(
+    "/Consent/{consent_id}",
+    openapi_extra=openapi.body("The Consent with status inactive (a withdrawal)", FHIR_JSON, openapi.JSON),
+)
 async def withdraw_opt_out(
     consent_id: str, request: Request, caller: Writer, services: ServicesDep, request_id: RequestId
 ) -> Response:
@@ -118,7 +130,14 @@ async def withdraw_opt_out(
     return _consent(stored, 200)
 
 
-@router.get("/Consent")
+@router.get(
+    "/Consent",
+    openapi_extra={
+        "parameters": [
+            openapi.param("patient.identifier", openapi.NHS_IDENTIFIER + " (or patient:identifier; required)")
+        ]
+    },
+)
 async def search_consents(
     request: Request, caller: Reader, services: ServicesDep, request_id: RequestId
 ) -> Response:

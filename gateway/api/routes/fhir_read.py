@@ -24,9 +24,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from consent.model import Purpose
+from gateway.api import openapi
 from gateway.api.deps import RequestId, ServicesDep, require
 from gateway.api.fhir_responses import (
     Link,
@@ -55,7 +56,7 @@ from gateway.bootstrap import Services
 from gateway.disclosure import Ask, Disclosed, Loaded
 from gateway.store import search as store
 
-router = APIRouter(prefix="/fhir", tags=["FHIR read"])
+router = APIRouter(prefix="/fhir", tags=["FHIR read"], responses=openapi.ERRORS)
 
 PATIENT_READ = "system/Patient.read"
 CAREPLAN_READ = "system/CarePlan.read"
@@ -90,6 +91,12 @@ class Context:
         return self.services.settings.public_url.rstrip("/") + "/fhir/"
 
     @property
+    def reads(self) -> AsyncEngine:
+        """The store for this request's reads (``store.database.reader``: autocommit on PostgreSQL)."""
+        engine: AsyncEngine = self.request.app.state.reads
+        return engine
+
+    @property
     def tokens(self) -> PageTokens:
         state = self.request.app.state
         if getattr(state, "page_tokens", None) is None:
@@ -110,7 +117,7 @@ class Context:
     async def owner(self, rtype: str, rid: str | None) -> str | None:
         if rid is None or not _ID.fullmatch(rid):
             return None
-        async with self.services.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             return await store.owner(conn, rtype, rid)
 
     async def disclose(
@@ -128,7 +135,7 @@ class Context:
             return page
 
         async def load(number: str) -> Loaded:
-            async with self.services.engine.connect() as conn:
+            async with self.reads.connect() as conn:
                 page.total, page.entries = await read(conn, number, offset, limit)
             return [stored.triple for stored, _ in page.entries]
 
@@ -165,7 +172,11 @@ def _matches(mode: str, rows: list[store.Stored]) -> list[Entry]:
     return [(row, mode) for row in rows]
 
 
-@router.get("/Patient")
+@router.get(
+    "/Patient",
+    summary="Search Patients by NHS number",
+    openapi_extra=openapi.search(("identifier", openapi.NHS_IDENTIFIER + " (required)")),
+)
 async def search_patients(
     request: Request, services: ServicesDep, principal: PatientReader, request_id: RequestId
 ) -> Response:
@@ -187,7 +198,17 @@ async def search_patients(
     return ctx.searchset("Patient", query, page)
 
 
-@router.get("/CarePlan")
+@router.get(
+    "/CarePlan",
+    summary="Search a person's CarePlans",
+    openapi_extra=openapi.search(
+        ("patient", "Patient/{id}: the person (or subject, subject:Patient)"),
+        ("subject", "Patient/{id}: the person"),
+        ("subject:identifier", openapi.NHS_IDENTIFIER + " (or patient:identifier, subject.identifier)"),
+        ("status", "CarePlan status, comma-separated (any of them)"),
+        ("_include", "CarePlan:subject: add the Patient (needs system/Patient.read)"),
+    ),
+)
 async def search_careplans(
     request: Request, services: ServicesDep, principal: CarePlanReader, request_id: RequestId
 ) -> Response:
@@ -223,7 +244,7 @@ async def _read(ctx: Context, rtype: str, rid: str, vid: str | None = None) -> R
     found: list[store.Stored] = []
 
     async def load(number: str) -> Loaded:
-        async with ctx.services.engine.connect() as conn:
+        async with ctx.reads.connect() as conn:
             if vid is None:
                 stored = await store.read_one(conn, rtype, rid, number)
             else:
@@ -281,7 +302,11 @@ def _instance_routes(rtype: str, scope: str) -> None:
     name = rtype.lower()
     router.add_api_route(f"/{rtype}/{{rid}}", read, methods=["GET"], name=f"read_{name}")
     router.add_api_route(
-        f"/{rtype}/{{rid}}/_history", instance_history, methods=["GET"], name=f"{name}_history"
+        f"/{rtype}/{{rid}}/_history",
+        instance_history,
+        methods=["GET"],
+        name=f"{name}_history",
+        openapi_extra=openapi.search(),
     )
     router.add_api_route(f"/{rtype}/{{rid}}/_history/{{vid}}", vread, methods=["GET"], name=f"vread_{name}")
 
@@ -290,7 +315,7 @@ _instance_routes("Patient", PATIENT_READ)
 _instance_routes("CarePlan", CAREPLAN_READ)
 
 
-@router.get("/Patient/{rid}/$everything")
+@router.get("/Patient/{rid}/$everything", openapi_extra=openapi.search())
 async def everything(
     rid: str, request: Request, services: ServicesDep, principal: ViewReader, request_id: RequestId
 ) -> Response:

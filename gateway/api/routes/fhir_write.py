@@ -30,6 +30,7 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
 
+from gateway.api import openapi
 from gateway.api.deps import Caller, RequestId, ServicesDep
 from gateway.api.outcome import FHIR_JSON, ApiError, BadRequest, Conflict, Forbidden, outcome_bytes
 from gateway.api.principal import Principal, Role
@@ -38,7 +39,7 @@ from gateway.bootstrap import Services
 from gateway.store import idempotency
 from gateway.store.idempotency import Claimed, KeyInUse, KeyReused, Stored
 
-router = APIRouter(tags=["FHIR write"])
+router = APIRouter(tags=["FHIR write"], responses=openapi.ERRORS)
 
 FHIR_SOURCE: Final = "fhir"
 SOCIAL_CARE_SOURCE: Final = "social-care"
@@ -54,10 +55,10 @@ class UnsupportedMediaType(ApiError):
 
 def source_client(
     source: str, any_of: tuple[str, ...], all_of: tuple[str, ...] = ()
-) -> Callable[[Principal], Principal]:
+) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency: a ``source`` client of ``source`` holding one of ``any_of`` and all of ``all_of``."""
 
-    def check(principal: Caller) -> Principal:
+    async def check(principal: Caller) -> Principal:  # async: FastAPI runs a plain def in a thread
         if principal.role is not Role.SOURCE:
             raise Forbidden("only a source system's client may push records")
         if principal.source != source:
@@ -83,7 +84,7 @@ SocialCarePusher = Annotated[
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 
-@router.post("/fhir")
+@router.post("/fhir", openapi_extra=openapi.body("A transaction or batch Bundle", FHIR_JSON, openapi.JSON))
 async def push_bundle(
     request: Request,
     caller: FhirPusher,
@@ -102,7 +103,9 @@ async def push_bundle(
     return await _once(services, caller, key, request, body, run)
 
 
-@router.post("/ingest/social-care")
+@router.post(
+    "/ingest/social-care", openapi_extra=openapi.body("The social care system's native export", openapi.JSON)
+)
 async def push_social_care(
     request: Request,
     caller: SocialCarePusher,

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import copy
 import json
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import func, select
+from reachable import POSTGRES_URL
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from gateway.api.app import create_app
 from gateway.api.principal import Principal, Role
-from gateway.bootstrap import Services
+from gateway.bootstrap import Services, bootstrap
+from gateway.settings import Settings
 from gateway.store import quarantine
 from gateway.store.resources import count_by_type
 from gateway.store.schema import idempotency_keys, resource_history
@@ -351,3 +357,62 @@ async def test_an_idempotency_key_must_be_usable(app: FastAPI, client: httpx.Asy
             "/fhir", content=mixed_bundle(), headers={**headers, "Idempotency-Key": key}
         )
         assert response.status_code == 400, key
+
+
+# A store that refuses connections is an outage, answered 503 with Retry-After, never a 500: the
+# gateway connects as a role of its own, whose connection limit the test takes away (what "too many
+# clients" looks like to a busy region); the push can be retried as it is.
+@pytest.fixture
+async def limited_role(postgres_settings: Settings) -> AsyncIterator[tuple[str, Settings]]:
+    """A login role owning the test's schema, whose connection limit the test can take away."""
+    role = f"concord_{uuid.uuid4().hex[:10]}"
+    admin = create_async_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+        await conn.execute(text(f'GRANT ALL ON SCHEMA "{postgres_settings.database_schema}" TO "{role}"'))
+    host = POSTGRES_URL.split("@", 1)[1]
+    try:
+        yield role, postgres_settings.model_copy(update={"database_url": f"postgresql://{role}@{host}"})
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP SCHEMA "{postgres_settings.database_schema}" CASCADE'))
+            await conn.execute(text(f'CREATE SCHEMA "{postgres_settings.database_schema}"'))
+            await conn.execute(text(f'DROP OWNED BY "{role}"'))
+            await conn.execute(text(f'DROP ROLE "{role}"'))
+        await admin.dispose()
+
+
+async def test_a_push_when_the_store_refuses_connections_is_503_transient(
+    limited_role: tuple[str, Settings],
+) -> None:
+    role, settings = limited_role
+    services = await bootstrap(settings)
+    app = create_app(services=services)
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                headers = auth(app, COUNCIL, **{"Content-Type": "application/json"})
+                accepted = await client.post(
+                    "/ingest/social-care", content=social_care_export(), headers=headers
+                )
+                assert accepted.status_code == 200, accepted.text
+
+                admin = create_async_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+                async with admin.connect() as conn:
+                    await conn.execute(text(f'ALTER ROLE "{role}" CONNECTION LIMIT 0'))
+                await admin.dispose()
+                await services.engine.dispose()  # what it held open goes; new connections are refused
+
+                refused = await client.post(
+                    "/ingest/social-care", content=social_care_export(), headers=headers
+                )
+                assert refused.status_code == 503
+                assert refused.headers["retry-after"] == "5"
+                outcome = refused.json()
+                assert outcome["resourceType"] == "OperationOutcome"
+                assert outcome["issue"][0]["code"] == "transient"
+                metrics = (await client.get("/metrics")).text
+                assert "concord_store_unavailable_total 1.0" in metrics
+    finally:
+        await services.close(sign=False)

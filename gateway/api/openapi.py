@@ -1,0 +1,125 @@
+"""What the served OpenAPI says beyond what FastAPI infers from the handlers' signatures.
+
+Routes read search parameters and bodies by hand (the FHIR rules for them are not FastAPI's), so
+FastAPI cannot see them; each route declares them here through ``openapi_extra``:
+
+- ``search(...)``: the query parameters a search accepts, plus the result parameters every search
+  takes (``_count``, ``_page``, ``_format``);
+- ``body(...)``: a request body of the given media types;
+- ``ERRORS``: the statuses a FHIR route answers with an OperationOutcome, for ``responses=``.
+
+``install`` fixes up the generated document once: FastAPI documents a 422 for every route with
+parameters, while concord answers an invalid request 400 with an OperationOutcome. The bearer
+scheme comes from ``HTTPBearer`` in ``gateway.api.deps``, FastAPI's own mechanism.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from gateway.api.outcome import FHIR_JSON
+
+JSON = "application/json"
+_RESOURCE = {
+    "type": "object",
+    "properties": {"resourceType": {"type": "string"}},
+    "required": ["resourceType"],
+}
+_OUTCOME = {"content": {FHIR_JSON: {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}}}
+OUTCOME_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "FHIR R4 OperationOutcome",
+    "properties": {
+        "resourceType": {"type": "string", "enum": ["OperationOutcome"]},
+        "issue": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "severity": {"type": "string"},
+                    "code": {"type": "string"},
+                    "diagnostics": {"type": "string"},
+                },
+            },
+        },
+    },
+    "required": ["resourceType", "issue"],
+}
+
+
+def answer(description: str) -> dict[str, Any]:
+    """A documented answer whose body is an OperationOutcome."""
+    return {"description": description, **_OUTCOME}
+
+
+#: Error answers of a FHIR route (for ``responses=``): every one is an OperationOutcome.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: answer(description)
+    for status, description in {
+        400: "Invalid request (unknown parameter under Prefer: handling=strict, bad value)",
+        401: "No valid bearer access token (WWW-Authenticate: Bearer)",
+        403: "The token lacks the scope or role this needs",
+        404: "Not found, or not disclosed to this caller (the same answer)",
+        406: "Only JSON is served",
+        429: "The client's rate limit is spent (Retry-After)",
+        503: "The audit log cannot be written: nothing is released (Retry-After)",
+    }.items()
+}
+
+
+def param(name: str, description: str, where: str = "query") -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": False,
+        "schema": {"type": "string"},
+        "description": description,
+    }
+
+
+RESULT_PARAMETERS = (
+    param("_count", "Entries per page (0 or more; capped at the configured maximum)"),
+    param("_page", "The paging token from a Bundle's next/previous link (bound to the client)"),
+    param("_format", "json or application/fhir+json (only JSON is served)"),
+    param("Prefer", "handling=strict: unknown search parameters are refused (400)", "header"),
+)
+NHS_IDENTIFIER = "https://fhir.nhs.uk/Id/nhs-number|{NHS number}"
+
+
+def search(*parameters: tuple[str, str]) -> dict[str, Any]:
+    """``openapi_extra`` for a search: ``(name, description)`` pairs and the result parameters."""
+    return {"parameters": [*(param(n, d) for n, d in parameters), *RESULT_PARAMETERS]}
+
+
+def body(description: str, *media_types: str) -> dict[str, Any]:
+    """``openapi_extra`` for a route that parses its own body (a JSON object of ``media_types``)."""
+    content = {
+        media: {"schema": _RESOURCE if media == FHIR_JSON else {"type": "object"}} for media in media_types
+    }
+    return {"requestBody": {"required": True, "description": description, "content": content}}
+
+
+def install(app: FastAPI) -> None:
+    """Serve the generated document with concord's error answers (400, not FastAPI's 422)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()
+            document.setdefault("components", {}).setdefault("schemas", {})["OperationOutcome"] = (
+                OUTCOME_SCHEMA
+            )
+            for operations in document.get("paths", {}).values():
+                for operation in operations.values():
+                    answers = operation.get("responses", {})
+                    if "HTTPValidationError" in str(answers.get("422", "")):  # FastAPI's, not a route's own
+                        del answers["422"]
+                        answers.setdefault("400", ERRORS[400])
+            for unused in ("HTTPValidationError", "ValidationError"):
+                document["components"]["schemas"].pop(unused, None)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
