@@ -342,6 +342,7 @@ async def fresh_store(work: Path, name: str, postgres_url: str | None) -> AsyncI
             database_url=postgres_url,
             database_schema=schema,
             audit_signing_key_file=key_file,
+            id_key=uuid.uuid4().hex,
             redis_url=None,
         )
         services = await bootstrap(settings)

@@ -58,7 +58,8 @@ class Settings(BaseSettings):
     hie_connect_timeout: float = Field(default=5.0, gt=0)
     hie_read_timeout: float = Field(default=30.0, gt=0)
     #: Secret that keys resource ids (HMAC), so an id in a URL does not reveal an NHS number.
-    #: Unset: generated once in ``data_dir``. Several processes must share one value.
+    #: Unset: generated once in ``data_dir`` (embedded default only). Every process must share one
+    #: value, and it never changes (ids are derived from it).
     id_key: str | None = Field(default=None, repr=False)
     #: A file holding the id key instead (a mounted secret such as ``/run/secrets/...``).
     id_key_file: Path | None = None
@@ -124,6 +125,10 @@ class Settings(BaseSettings):
         given = _given_secret(self.id_key, self.id_key_file, "CONCORD_ID_KEY")
         if given is not None:
             return given
+        if not self.is_sqlite():
+            # A key generated per data dir would differ between processes (containers), and so
+            # would every resource id they derive from the same NHS number.
+            raise ValueError("CONCORD_ID_KEY or CONCORD_ID_KEY_FILE must be set outside the embedded default")
         return self._generated_secret("id.key")
 
     def resolved_token_secret(self) -> bytes:

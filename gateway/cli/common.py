@@ -32,7 +32,7 @@ def run(body: Callable[[Services], Awaitable[T]], sign_on_close: bool = True) ->
     async def main() -> T:
         try:
             services = await bootstrap(Settings())
-        except SigningKeyError as exc:
+        except (SigningKeyError, ValueError) as exc:  # a key or secret missing: settings name which
             raise click.ClickException(str(exc)) from None
         try:
             return await body(services)

@@ -124,10 +124,28 @@ def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path: Path, workers: int
     assert result["unsigned_entries"] == 0
 
 
+def test_serve_outside_the_embedded_default_requires_a_shared_id_key(tmp_path: Path) -> None:
+    """Processes that each generated their own id key would give one person different ids."""
+    env = environment(tmp_path / "data")
+    env["CONCORD_DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{free_port()}/none"
+    env["CONCORD_TOKEN_SECRET"] = "x" * 40
+    ran = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 2  # click's usage error: a setting is missing
+    assert "CONCORD_ID_KEY or CONCORD_ID_KEY_FILE must be set" in ran.stderr
+    assert not (tmp_path / "data" / "id.key").exists()
+
+
 def test_serve_refuses_a_store_it_cannot_open(tmp_path: Path) -> None:
     env = environment(tmp_path / "data")
     env["CONCORD_DATABASE_URL"] = f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/none"
     env["CONCORD_TOKEN_SECRET"] = "x" * 40
+    env["CONCORD_ID_KEY"] = "y" * 32
     key = tmp_path / "signing.key"
     write_private_key(key, Ed25519PrivateKey.generate())
     env["CONCORD_AUDIT_SIGNING_KEY_FILE"] = str(key)

@@ -224,7 +224,9 @@ async def region(
     key = root / "audit-signing.key"
     write_private_key(key, Ed25519PrivateKey.generate())
     # The store as the processes see it (for the checks that read it directly).
-    settings = Settings(data_dir=root / "data", database_url=postgres_url, database_schema=schema)
+    settings = Settings(
+        data_dir=root / "data", database_url=postgres_url, database_schema=schema, id_key=ID_KEY
+    )
     ports = [free_port() for _ in range(apis)]
     public_url = f"http://127.0.0.1:{ports[0]}"  # as behind a load balancer: one URL for every worker
     shared = {
