@@ -2,7 +2,7 @@
 
     python bench/publish.py                          # SQLite store (temp dir), Redis at 127.0.0.1:6379
     python bench/publish.py --postgres               # the store in a scratch PostgreSQL schema
-    python bench/publish.py --steps --seconds 0      # where a delivery's time goes (throughput only)
+    python bench/publish.py --steps --seconds 0      # where a delivery's time goes
     python bench/publish.py --repeats 0 --rate 10,25,50   # the lag alone, at several rates
 
 N synthetic people (GP extract, opt-out codes stripped so everyone is shareable) are ingested
@@ -73,7 +73,7 @@ from consent.model import Authority, OptOutKind, Requester, RequesterKind
 from gateway.audit.keys import write_private_key
 from gateway.bootstrap import Services, bootstrap
 from gateway.disclosure import Disclosure
-from gateway.publish import publisher as publisher_module
+from gateway.publish.batch import ClaimDecider, PersonLoader
 from gateway.publish.bundle import publication
 from gateway.publish.client import HieClient
 from gateway.publish.publisher import Publisher, backfill
@@ -180,6 +180,7 @@ async def scratch_settings(work: Path, postgres_url: str | None) -> AsyncIterato
             database_schema=schema,
             audit_signing_key_file=key_file,
             token_secret=uuid.uuid4().hex * 2,
+            id_key=uuid.uuid4().hex * 2,
             ingest_batch_size=500,
         )
     finally:
@@ -253,14 +254,13 @@ class Steps:
     """
 
     WRAPPED: Final = (
-        ("claim + lease, per batch (write txn)", Publisher, "_claim"),
-        ("person_state (read)", box, "person_state"),
-        ("start_delivery (write)", box, "start_delivery"),
+        ("claim + lease + ids, per claim (write txn)", Publisher, "_claim"),
+        ("consent facts, per claim (read)", ClaimDecider, "read"),
         ("disclosure: decision + load + log", Disclosure, "person"),
-        ("  load_person (read)", publisher_module, "load_person"),
-        ("  audit log append (write txn)", Disclosure, "_append"),
+        ("  load (read, shared)", PersonLoader, "load"),
+        ("  audit log append (group commit)", Disclosure, "_append"),
         ("POST to the HIE", HieClient, "transaction"),
-        ("finish (write txn)", Publisher, "_finish"),
+        ("finish (group commit)", Publisher, "_finish"),
         ("delivery, all steps", Publisher, "_deliver"),
     )
 
@@ -283,13 +283,21 @@ class Steps:
 
     def report(self) -> None:
         whole = sum(self.calls["delivery, all steps"]) or 1.0
+        claims = len(self.calls["claim + lease + ids, per claim (write txn)"])
+        print(
+            f"      {len(self.calls['delivery, all steps'])} deliveries, {claims} claim attempts", flush=True
+        )
         for label, calls in self.calls.items():
             if calls:
                 print(
                     f"      {label:<38} {len(calls):5} calls, mean {1000 * sum(calls) / len(calls):7.2f} ms, "
-                    f"{100 * sum(calls) / whole:5.1f}% of delivery time",
+                    f"max {1000 * max(calls):7.0f} ms, {100 * sum(calls) / whole:5.1f}% of delivery time",
                     flush=True,
                 )
+        self.clear()
+
+    def clear(self) -> None:
+        for calls in self.calls.values():
             calls.clear()
 
 
@@ -543,14 +551,16 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             started = time.perf_counter()
             numbers = await load_people(services, args.people)
             print(f"ingested {len(numbers)} people in {time.perf_counter() - started:.1f}s", flush=True)
+            steps = Steps() if args.steps else None
             if args.repeats > 0:
-                steps = Steps() if args.steps else None
                 best = await throughput(services, base, stub_pid, numbers, levels, args.repeats, steps)
                 print()
                 print_throughput(best, levels)
             else:
                 await requeue(services)  # everyone at the HIE before the lag run, as after a throughput run
                 await publisher_run(services, 8)
+                if steps is not None:
+                    steps.clear()
         finally:
             await services.close()
         lag_people = numbers[: args.lag_people] if args.lag_people else numbers
@@ -562,6 +572,8 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             print(f"outbox lag at {rate:.0f} changes/s for {args.seconds:.0f}s over {len(lag_people)} people")
             lag = await outbox_lag(lag_settings, stub_pid, lag_people, rate, args.seconds, listen=True)
             print_lag("Redis wake-ups", lag)
+            if steps is not None:
+                steps.report()
             p99_ok = lag["p99"] < 1.0 and lag["unsent"] == 0
             print(f"  lag p99 {lag['p99'] * 1000:.0f} ms (target < 1000 ms: {'met' if p99_ok else 'MISSED'})")
             if args.poll_too:

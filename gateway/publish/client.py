@@ -69,14 +69,30 @@ class HieClient:
         if self._session is not None:
             await self._session.close()
 
-    async def transaction(self, bundle: bytes, request_id: str) -> HieResponse:
-        """POST one transaction Bundle; the same ``request_id`` is sent on every retry of a delivery."""
+    async def transaction(
+        self, bundle: bytes, request_id: str, deadline_seconds: float | None = None
+    ) -> HieResponse:
+        """POST one transaction Bundle; the same ``request_id`` is sent on every retry of a delivery.
+
+        ``deadline_seconds`` bounds the whole exchange (the caller's lease on the person must
+        outlast it); past it the HIE counts as unreachable and the delivery is retried.
+        """
         assert self._session is not None, "use `async with HieClient(...)`"
         headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON, "X-Request-ID": request_id}
         try:
             if self._tokens is not None:
                 headers.update(await self._tokens.header())
-            async with self._session.post(self.url, data=bundle, headers=headers) as response:
+            timeout = None
+            if deadline_seconds is not None:
+                timeout = aiohttp.ClientTimeout(
+                    total=deadline_seconds,
+                    connect=self.settings.hie_connect_timeout,
+                    sock_connect=self.settings.hie_connect_timeout,
+                    sock_read=self.settings.hie_read_timeout,
+                )
+            async with self._session.post(
+                self.url, data=bundle, headers=headers, timeout=timeout
+            ) as response:
                 body = await response.read()
                 if response.status == 401 and self._tokens is not None:
                     self._tokens.forget()

@@ -13,6 +13,12 @@ entry 2xx finishes the rows; 5xx, 408, 409, 429, timeouts and connection errors
 retry after exponential backoff with jitter (honouring Retry-After) with the same
 X-Request-ID; any other 4xx is a dead letter holding the HIE's OperationOutcome.
 A person waiting for a retry blocks nobody else: only their rows wait.
+
+The store is read and written per claim, not per person: one transaction claims
+the rows, leases the people and gives each delivery its id; one query reads the
+register for all of them (``batch.ClaimDecider``); the disclosure function's
+loads, its log entries and the finishes of concurrent deliveries each share a
+query or a transaction.
 """
 
 from __future__ import annotations
@@ -24,22 +30,39 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 
 from consent.model import Requester, RequesterKind
+from gateway.audit.batcher import BatchedAppender
+from gateway.audit.log import AuditLog
 from gateway.bootstrap import Services
-from gateway.decisions import StoreDecider
-from gateway.disclosure import Ask, Disclosure, DisclosureUnavailable
+from gateway.disclosure import Appender, Ask, Disclosure, DisclosureUnavailable
+from gateway.group_commit import GroupCommit
 from gateway.publish.backoff import retry_delay
+from gateway.publish.batch import ClaimDecider, PersonLoader
 from gateway.publish.bundle import publication, read_reply, refs_of, retraction
 from gateway.publish.client import HieClient, HieUnreachable
 from gateway.store import outbox as box
-from gateway.views import load_person
 
 log = logging.getLogger(__name__)
 
 RETRYABLE = {408, 409, 429}
+
+#: Rows delivered longer ago than this are deleted when the publisher is idle (at most once a minute).
+KEEP_SENT = timedelta(hours=1)
+PRUNE_EVERY = timedelta(minutes=1)
+#: A request to the HIE must end this long before its lease does (clock steps, the finish's commit).
+LEASE_SAFETY_SECONDS = 2.0
+#: After a wake-up, how long to let further changes arrive before claiming.
+GATHER_SECONDS = 0.02
+#: People in hand per request allowed in flight (``publish_concurrency``): each claim's store work
+#: (lease, register read, log and finish transactions) is shared by up to this many times as many.
+PEOPLE_PER_REQUEST_SLOT = 16
+#: Claims being delivered at once: the next is taken while one finishes; changes arriving while
+#: both are busy wait to be claimed together (a lease transaction and a register read per claim).
+CLAIMS_AT_ONCE = 2
 
 
 def utcnow() -> datetime:
@@ -83,85 +106,154 @@ class Publisher:
         self.rng = rng or random.Random()  # noqa: S311 - jitter
         self.requester = Requester(RequesterKind.HIE, self.settings.hie_ods, "publisher")
         self.stats = PublishStats()
-        self.store_decider = StoreDecider(services.engine)
         self.wake = asyncio.Event()
+        log: Appender = services.disclosure.log
+        # Deliveries in flight log their decisions in shared transactions (one head lock per group).
+        self.log = BatchedAppender(log) if isinstance(log, AuditLog) else log
+        self.loader = PersonLoader(services.engine)
+        self.finishes: GroupCommit[box.Finished] = GroupCommit(self._commit_finishes)
+        self._pruned_at: datetime | None = None
+        self._gate = asyncio.Semaphore(self.settings.publish_concurrency)
+        #: People this publisher is delivering now: never claimed again until their delivery is done.
+        self._in_flight: set[str] = set()
+        #: Set when enough deliveries finished to make another claim worth taking.
+        self._room = asyncio.Event()
+        #: A request is started only with this much of its lease left (a claim may wait for slots).
+        self._send_margin = timedelta(
+            seconds=min(self.settings.hie_read_timeout, self.settings.publish_lease_seconds / 2)
+        )
 
     async def run(self, until_idle: bool = False, stop: asyncio.Event | None = None) -> PublishStats:
-        """Deliver until stopped; with ``until_idle``, return once nothing is due or waiting to retry."""
-        batch = self.settings.publish_concurrency * 4
-        while stop is None or not stop.is_set():
-            # Cleared before looking, so a wake-up that arrives while we claim is not lost.
-            self.wake.clear()
-            claimed = await self._claim(batch)
-            if claimed:
-                await self._deliver_all(claimed)
-                continue
-            if until_idle and await self._idle():
-                break
-            await self._wait(stop)
+        """Deliver until stopped; with ``until_idle``, return once nothing is due or waiting to retry.
+
+        Claims overlap: once half of the people in hand are done, the next claim is taken while the
+        rest are still being delivered. A person being delivered is never claimed again until done.
+        """
+        limit = self.settings.publish_concurrency * PEOPLE_PER_REQUEST_SLOT
+        self._gate = asyncio.Semaphore(self.settings.publish_concurrency)
+        claims: set[asyncio.Task[None]] = set()
+        try:
+            while stop is None or not stop.is_set():
+                self._reap(claims)
+                # Cleared before looking, so a wake-up that arrives while we claim is not lost.
+                self.wake.clear()
+                self._room.clear()
+                room = limit - len(self._in_flight)
+                claimed = (
+                    await self._claim(room) if room * 2 >= limit and len(claims) < CLAIMS_AT_ONCE else []
+                )
+                if claimed:
+                    self._in_flight.update(lease.state.nhs_number for lease in claimed)
+                    task = asyncio.create_task(self._deliver_all(claimed))
+                    claims.add(task)
+                    continue
+                if not claims and until_idle and await self._idle():
+                    break
+                await self._wait(stop, claims)
+        except asyncio.CancelledError:
+            for task in claims:
+                task.cancel()
+            raise
+        finally:
+            if claims:  # stopping: let the deliveries in hand finish (and record what the HIE said)
+                await asyncio.wait(claims)
+            self._reap(claims)
         return self.stats
 
-    async def _wait(self, stop: asyncio.Event | None) -> None:
-        """Until woken, stopped, or the poll interval passes."""
-        waiters = [asyncio.ensure_future(self.wake.wait())]
+    def _reap(self, claims: set[asyncio.Task[None]]) -> None:
+        """Forget claims that are done; an error that escaped one stops the publisher, as it always did."""
+        for task in [t for t in claims if t.done()]:
+            claims.discard(task)
+            task.result()
+
+    async def _wait(self, stop: asyncio.Event | None, claims: set[asyncio.Task[None]]) -> None:
+        """Until woken, stopped, room for another claim, a claim done, or the poll interval passes."""
+        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self.wake.wait())}
+        if claims:
+            waiters.add(asyncio.ensure_future(self._room.wait()))
         if stop is not None:
-            waiters.append(asyncio.ensure_future(stop.wait()))
+            waiters.add(asyncio.ensure_future(stop.wait()))
         try:
             await asyncio.wait(
-                waiters, timeout=self.settings.publish_poll_seconds, return_when=asyncio.FIRST_COMPLETED
+                waiters | claims,
+                timeout=self.settings.publish_poll_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             for waiter in waiters:
                 waiter.cancel()
+        if self.wake.is_set() and not (stop is not None and stop.is_set()):
+            # A wake-up comes with every committed change: let the ones right behind it arrive too, so
+            # that a burst is one claim (one lease transaction, one register read), not one each.
+            await asyncio.sleep(GATHER_SECONDS)
 
     async def _idle(self) -> bool:
         async with self.services.engine.connect() as conn:
-            return await box.due_or_waiting(conn) == 0
+            idle = await box.due_or_waiting(conn) == 0
+        await self._prune()
+        return idle
 
-    async def _claim(self, limit: int) -> dict[str, list[int]]:
+    async def _prune(self) -> None:
+        """Delete long-delivered rows (what status and dead letters need stays), at most once a minute."""
+        now = self.clock()
+        if self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY:
+            return
+        self._pruned_at = now
+        async with self.services.engine.begin() as conn:
+            await box.prune_sent(conn, now - KEEP_SENT)
+
+    async def _claim(self, limit: int) -> list[Lease]:
+        """One transaction: claim due rows, lease their people (a delivery id each), take their other rows."""
         now = self.clock()
         until = now + timedelta(seconds=self.settings.publish_lease_seconds)
         async with self.services.engine.begin() as conn:
-            claimed = await box.claim(conn, self.owner, now, until, limit)
-            leased: dict[str, list[int]] = {}
-            for number, ids in sorted(claimed.items()):  # one lease order for every publisher: no deadlock
-                if await box.lease_person(conn, number, self.owner, now, until):
-                    leased[number] = ids + await box.claim_rest(conn, number, self.owner, now, until)
-                else:
-                    # Another publisher is talking to the HIE about this person: after it, not beside it.
-                    self.stats.busy += 1
-                    await box.release_rows(conn, ids, now + timedelta(seconds=0.2))
-        return leased
+            claimed = await box.claim(conn, self.owner, now, until, limit, self._in_flight)
+            if not claimed:
+                return []
+            fresh_ids = {number: uuid.uuid4().hex for number in claimed}
+            leased = await box.lease_people(conn, claimed, self.owner, now, until, fresh_ids)
+            busy = [rid for number, ids in claimed.items() if number not in leased for rid in ids]
+            if busy:
+                # Another publisher is talking to the HIE about these people: after it, not beside it.
+                self.stats.busy += len(claimed) - len(leased)
+                await box.release_rows(conn, busy, now + timedelta(seconds=0.2))
+            rest = await box.claim_rest(conn, leased, self.owner, now, until)
+        return [Lease(claimed[n] + rest.get(n, []), leased[n], until) for n in sorted(leased)]
 
-    async def _deliver_all(self, claimed: dict[str, list[int]]) -> None:
-        gate = asyncio.Semaphore(self.settings.publish_concurrency)
+    async def _deliver_all(self, claimed: list[Lease]) -> None:
+        """Decide and log for the whole claim together; send ``publish_concurrency`` requests at a time."""
+        # Decided from the store, never a cache: the consent change that queued these rows committed
+        # with them, but may not yet have told the caches; a cached permit here would publish an
+        # opted-out person and close the very row meant to retract them. Read after the claim committed.
+        numbers = [lease.state.nhs_number for lease in claimed]
+        decider = await ClaimDecider.read(self.services.engine, numbers)
+        disclosure = Disclosure(self.services.engine, decider, self.log)
+        limit = self.settings.publish_concurrency * PEOPLE_PER_REQUEST_SLOT
 
-        async def one(number: str, ids: list[int]) -> None:
-            async with gate:
-                try:
-                    await self._deliver(number, ids)
-                except Exception:
-                    log.exception("delivery failed unexpectedly; retrying later")
-                    await self._retry(number, ids, "internal error", None)
+        async def one(lease: Lease) -> None:
+            try:
+                await self._deliver(lease, disclosure)
+            except Exception:
+                log.exception("delivery failed unexpectedly; retrying later")
+                await self._retry(lease, "internal error", None)
+            finally:
+                self._in_flight.discard(lease.state.nhs_number)
+                if len(self._in_flight) * 2 == limit:  # just fell to half: room for the next claim
+                    self._room.set()
 
-        await asyncio.gather(*(one(n, ids) for n, ids in claimed.items()))
-
-    async def _deliver(self, number: str, ids: list[int]) -> None:
-        async with self.services.engine.connect() as conn:
-            state = await box.person_state(conn, number)
-        delivery_id = state.delivery_id or uuid.uuid4().hex
-        if state.delivery_id is None:
-            async with self.services.engine.begin() as conn:
-                await box.start_delivery(conn, number, delivery_id)
-        ask = Ask(self.requester, "direct-care", "publish", delivery_id)
-        # Decided from the store, never a cache: the consent change that queued this row committed
-        # with it, but may not yet have told the caches; a cached permit here would publish an
-        # opted-out person and close the very row meant to retract them.
-        fresh = Disclosure(self.services.engine, self.store_decider, self.services.disclosure.log)
         try:
-            disclosed = await fresh.person(ask, number, lambda n: load_person(self.services.engine, n))
+            await asyncio.gather(*(one(lease) for lease in claimed))
+        finally:
+            self._in_flight.difference_update(numbers)
+
+    async def _deliver(self, lease: Lease, disclosure: Disclosure) -> None:
+        state, ids = lease.state, lease.ids
+        number, delivery_id = state.nhs_number, lease.delivery_id
+        ask = Ask(self.requester, "direct-care", "publish", delivery_id)
+        try:
+            disclosed = await disclosure.person(ask, number, self.loader.load)
         except DisclosureUnavailable:
-            await self._retry(number, ids, "audit log unavailable", None)
+            await self._retry(lease, "audit log unavailable", None)
             return
         if disclosed.permitted and disclosed.resources:
             body = publication(disclosed.resources, number, state.published)
@@ -174,9 +266,18 @@ class Publisher:
             self.stats.skipped += 1
             return
         try:
-            response = await self.client.transaction(body, delivery_id)
+            async with self._gate:
+                if self.clock() >= lease.until - self._send_margin:
+                    # Waited too long for a request slot: the lease could lapse while the HIE answers,
+                    # and another publisher take the person meanwhile. Back to the queue, due at once.
+                    await self._requeue(lease)
+                    return
+                # The exchange ends before the lease does, so no other publisher can take the person
+                # while this request is still in flight (a hung HIE counts as unreachable: retried).
+                left = (lease.until - self.clock()).total_seconds() - LEASE_SAFETY_SECONDS
+                response = await self.client.transaction(body, delivery_id, deadline_seconds=left)
         except HieUnreachable as exc:
-            await self._retry(number, ids, f"unreachable: {exc}", None)
+            await self._retry(lease, f"unreachable: {exc}", None)
             return
         reply = read_reply(response.status, response.body)
         if reply.ok:
@@ -186,7 +287,7 @@ class Publisher:
             else:
                 self.stats.retracted += 1
         elif response.status >= 500 or response.status in RETRYABLE:
-            await self._retry(number, ids, f"HTTP {response.status}", response.retry_after)
+            await self._retry(lease, f"HTTP {response.status}", response.retry_after)
         else:
             outcome = reply.outcome or {"diagnostics": response.body[:2000].decode("utf-8", "replace")}
             if reply.failed_entry is not None:
@@ -204,22 +305,47 @@ class Publisher:
             self.stats.dead += 1
 
     async def _finish(self, number: str, ids: list[int], state: str, held: list[str]) -> None:
-        async with self.services.engine.begin() as conn:
-            await box.finish(conn, number, ids, state, held, self.clock())
+        """Return once this delivery's finish is committed (with those of the deliveries beside it)."""
+        await self.finishes.submit(box.Finished(number, ids, state, held))
 
-    async def _retry(self, number: str, ids: list[int], error: str, retry_after: float | None) -> None:
-        async with self.services.engine.connect() as conn:
-            attempts = (await box.person_state(conn, number)).attempts + 1
+    async def _commit_finishes(self, done: list[box.Finished]) -> None:
+        async with self.services.engine.begin() as conn:
+            await box.finish(conn, done, self.clock())
+
+    async def _requeue(self, lease: Lease) -> None:
+        async with self.services.engine.begin() as conn:
+            await box.release_people(conn, [lease.state.nhs_number], lease.ids, self.owner)
+        self.stats.busy += 1
+
+    async def _retry(self, lease: Lease, error: str, retry_after: float | None) -> None:
         delay = retry_delay(
-            attempts,
+            lease.state.attempts + 1,
             self.settings.publish_backoff_seconds,
             self.settings.publish_backoff_cap_seconds,
             retry_after,
             self.rng,
         )
         async with self.services.engine.begin() as conn:
-            await box.retry_later(conn, number, ids, self.clock() + timedelta(seconds=delay), error)
+            await box.retry_later(
+                conn, lease.state.nhs_number, lease.ids, self.clock() + timedelta(seconds=delay), error
+            )
         self.stats.retried += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A person this publisher holds: their claimed rows and their state as the lease found it."""
+
+    ids: list[int]
+    state: box.PersonState
+    #: When the lease lapses.
+    until: datetime
+
+    @property
+    def delivery_id(self) -> str:
+        """X-Request-ID of this delivery, the same on every retry (the lease always sets one)."""
+        assert self.state.delivery_id is not None
+        return self.state.delivery_id
 
 
 async def backfill(services: Services, page: int = 1000, after: str = "") -> int:

@@ -6,17 +6,21 @@ rows (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so several publishers never wait
 for each other), group them by person, and take a lease on each person so
 that one publisher at a time talks to the HIE about that person. A claim or a
 lease left by a crashed publisher lapses after ``publish_lease_seconds``.
+
+Every step works on many people at once (a claim's worth, or the finishes of
+concurrent deliveries), so a statement's cost is shared, not paid per person.
+Delivered rows are pruned after a while (``prune_sent``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.dialect import upsert
@@ -42,10 +46,21 @@ def _claimable(now: datetime) -> Any:
 
 
 async def claim(
-    conn: AsyncConnection, owner: str, now: datetime, until: datetime, limit: int
+    conn: AsyncConnection,
+    owner: str,
+    now: datetime,
+    until: datetime,
+    limit: int,
+    skip_people: Collection[str] = (),
 ) -> dict[str, list[int]]:
-    """Claim up to ``limit`` rows that are due; their ids by person (rows with no person are closed)."""
-    candidates = select(outbox.c.id).where(_claimable(now)).order_by(outbox.c.id).limit(limit)
+    """Claim up to ``limit`` rows that are due; their ids by person (rows with no person are closed).
+
+    Rows of ``skip_people`` (those this publisher is delivering now) stay where they are.
+    """
+    due = _claimable(now)
+    if skip_people:
+        due = and_(due, or_(outbox.c.nhs_number.is_(None), outbox.c.nhs_number.not_in(sorted(skip_people))))
+    candidates = select(outbox.c.id).where(due).order_by(outbox.c.id).limit(limit)
     if conn.dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
     rows = (
@@ -68,43 +83,91 @@ async def claim(
     return by_person
 
 
-async def lease_person(
-    conn: AsyncConnection, nhs_number: str, owner: str, now: datetime, until: datetime
-) -> bool:
-    """Take the person for this publisher unless another holds a live lease."""
+async def lease_people(
+    conn: AsyncConnection,
+    numbers: Iterable[str],
+    owner: str,
+    now: datetime,
+    until: datetime,
+    new_delivery_ids: Mapping[str, str],
+) -> dict[str, PersonState]:
+    """Take these people for this publisher, except those another holds a live lease on.
+
+    One statement leases them all and gives each a delivery id (kept from an earlier attempt
+    of the same delivery, else the one from ``new_delivery_ids``); it answers with each leased
+    person's state. People are locked in NHS number order, the same for every publisher, and
+    on PostgreSQL a person another publisher is leasing at this moment is skipped, not waited for.
+    """
+    wanted = sorted(set(numbers))
+    if not wanted:
+        return {}
     await conn.execute(
         upsert(conn, hie_people, ["nhs_number"], []),
-        [{"nhs_number": nhs_number, "state": "none", "published": "[]", "attempts": 0}],
+        [{"nhs_number": n, "state": "none", "published": "[]", "attempts": 0} for n in wanted],
     )
-    result = await conn.execute(
+    free = or_(
+        hie_people.c.lease_until.is_(None), hie_people.c.lease_until < now, hie_people.c.lease_owner == owner
+    )
+    candidates = (
+        select(hie_people.c.nhs_number)
+        .where(hie_people.c.nhs_number.in_(wanted), free)
+        .order_by(hie_people.c.nhs_number)
+    )
+    if conn.dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    new_id = case({n: new_delivery_ids[n] for n in wanted}, value=hie_people.c.nhs_number)
+    rows = await conn.execute(
         update(hie_people)
-        .where(
-            hie_people.c.nhs_number == nhs_number,
-            or_(
-                hie_people.c.lease_until.is_(None),
-                hie_people.c.lease_until < now,
-                hie_people.c.lease_owner == owner,
-            ),
+        .where(hie_people.c.nhs_number.in_(candidates.scalar_subquery()), free)
+        .values(
+            lease_owner=owner, lease_until=until, delivery_id=func.coalesce(hie_people.c.delivery_id, new_id)
         )
-        .values(lease_owner=owner, lease_until=until)
+        .returning(
+            hie_people.c.nhs_number,
+            hie_people.c.state,
+            hie_people.c.published,
+            hie_people.c.delivery_id,
+            hie_people.c.attempts,
+        )
     )
-    return bool(result.rowcount == 1)
+    return {
+        number: PersonState(number, state, orjson.loads(published), delivery_id, attempts)
+        for number, state, published, delivery_id, attempts in rows
+    }
 
 
 async def claim_rest(
-    conn: AsyncConnection, nhs_number: str, owner: str, now: datetime, until: datetime
-) -> list[int]:
-    """Once a person is leased, take all their due rows too: one delivery covers every change so far."""
-    candidates = select(outbox.c.id).where(outbox.c.nhs_number == nhs_number, _claimable(now))
+    conn: AsyncConnection, numbers: Iterable[str], owner: str, now: datetime, until: datetime
+) -> dict[str, list[int]]:
+    """Once people are leased, take all their due rows too: one delivery covers every change so far."""
+    wanted = sorted(set(numbers))
+    if not wanted:
+        return {}
+    candidates = select(outbox.c.id).where(outbox.c.nhs_number.in_(wanted), _claimable(now))
     if conn.dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
     rows = await conn.execute(
         update(outbox)
         .where(outbox.c.id.in_(candidates.scalar_subquery()))
         .values(status="claimed", claimed_by=owner, claimed_until=until)
-        .returning(outbox.c.id)
+        .returning(outbox.c.id, outbox.c.nhs_number)
     )
-    return [r[0] for r in rows]
+    by_person: dict[str, list[int]] = {}
+    for rid, number in rows:
+        by_person.setdefault(number, []).append(rid)
+    return by_person
+
+
+async def release_people(
+    conn: AsyncConnection, numbers: Sequence[str], ids: Sequence[int], owner: str
+) -> None:
+    """Give back people this publisher leased but did not send to, and their rows, due at once."""
+    await release_rows(conn, ids, None)
+    await conn.execute(
+        update(hie_people)
+        .where(hie_people.c.nhs_number.in_(list(numbers)), hie_people.c.lease_owner == owner)
+        .values(lease_owner=None, lease_until=None)
+    )
 
 
 async def release_rows(conn: AsyncConnection, ids: Sequence[int], available_at: datetime | None) -> None:
@@ -115,49 +178,52 @@ async def release_rows(conn: AsyncConnection, ids: Sequence[int], available_at: 
     )
 
 
-async def person_state(conn: AsyncConnection, nhs_number: str) -> PersonState:
-    row = (
-        (await conn.execute(select(hie_people).where(hie_people.c.nhs_number == nhs_number)))
-        .mappings()
-        .first()
-    )
-    if row is None:
-        return PersonState(nhs_number, "none", [], None, 0)
-    return PersonState(
-        nhs_number, row["state"], orjson.loads(row["published"]), row["delivery_id"], row["attempts"]
-    )
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A delivery the HIE took: the person's rows, and what the HIE now holds for them."""
+
+    nhs_number: str
+    ids: Sequence[int]
+    state: str
+    published: list[str]
 
 
-async def start_delivery(conn: AsyncConnection, nhs_number: str, delivery_id: str) -> None:
-    await conn.execute(
-        update(hie_people).where(hie_people.c.nhs_number == nhs_number).values(delivery_id=delivery_id)
-    )
+async def finish(conn: AsyncConnection, done: Sequence[Finished], now: datetime) -> None:
+    """The HIE took these deliveries: close their rows, remember what it holds, release the people.
 
-
-async def finish(
-    conn: AsyncConnection,
-    nhs_number: str,
-    ids: Sequence[int],
-    state: str,
-    published: list[str],
-    now: datetime,
-) -> None:
-    """The HIE took it: close the rows, remember what it holds, release the person."""
-    await conn.execute(update(outbox).where(outbox.c.id.in_(list(ids))).values(status="sent", sent_at=now))
+    Two statements however many deliveries: one UPDATE of the rows, one executemany of the people.
+    """
+    if not done:
+        return
+    ids = [rid for d in done for rid in d.ids]
+    for start in range(0, len(ids), 500):
+        await conn.execute(
+            update(outbox).where(outbox.c.id.in_(ids[start : start + 500])).values(status="sent", sent_at=now)
+        )
     await conn.execute(
         update(hie_people)
-        .where(hie_people.c.nhs_number == nhs_number)
+        .where(hie_people.c.nhs_number == bindparam("person"))
         .values(
-            state=state,
-            published=orjson.dumps(published).decode(),
+            state=bindparam("new_state"),
+            published=bindparam("held"),
             delivery_id=None,
             attempts=0,
             last_error=None,
             lease_owner=None,
             lease_until=None,
             changed_at=now,
-        )
+        ),
+        [
+            {"person": d.nhs_number, "new_state": d.state, "held": orjson.dumps(d.published).decode()}
+            for d in done
+        ],
     )
+
+
+async def prune_sent(conn: AsyncConnection, before: datetime) -> int:
+    """Delete rows delivered before ``before``: they are done with (dead and waiting rows stay)."""
+    result = await conn.execute(delete(outbox).where(outbox.c.status == "sent", outbox.c.sent_at < before))
+    return int(result.rowcount or 0)
 
 
 async def retry_later(

@@ -91,6 +91,8 @@ outbox = Table(
     Column("claimed_until", DateTime(timezone=True), nullable=True),
     Column("sent_at", DateTime(timezone=True), nullable=True),
     Index("ix_outbox_status_id", "status", "id"),
+    #: A leased person's other due rows (``outbox.claim_rest``).
+    Index("ix_outbox_nhs_number", "nhs_number"),
 )
 
 quarantine = Table(

@@ -1,0 +1,268 @@
+"""The publisher's per-claim store work: one lease statement, shared reads, grouped finishes, pruning.
+
+Run on both stores (``services`` is parametrised over SQLite and PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from sqlalchemy import delete, event, select
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from adapters.registry import adapter_for
+from consent.model import Authority, OptOutKind, Reason, Requester, RequesterKind
+from gateway.bootstrap import Services
+from gateway.group_commit import GroupCommit
+from gateway.publish.batch import ClaimDecider, PersonLoader
+from gateway.publish.publisher import Publisher, backfill
+from gateway.store import outbox as box
+from gateway.store.resources import read_for_person
+from gateway.store.schema import hie_people, outbox
+from gateway.synth.defects import DefectPlan
+from gateway.synth.population import population
+from gateway.synth.writers import WRITERS
+from mappings.nhs_number import check_digit
+
+NOW = datetime(2026, 11, 24, 6, 0, tzinfo=UTC)
+LATER = NOW + timedelta(seconds=30)
+HIE = Requester(RequesterKind.HIE, "HIE", "publisher")
+ACTOR = Requester(RequesterKind.OPERATOR, "CONCORD", "test")
+
+
+def numbers(count: int) -> list[str]:
+    """Synthetic NHS numbers (999 range, valid check digits)."""
+    out = []
+    for n in range(999_000_000, 999_999_999):
+        digit = check_digit(str(n))
+        if digit is not None:
+            out.append(f"{n}{digit}")
+            if len(out) == count:
+                return out
+    raise AssertionError("not enough numbers")
+
+
+async def queue(services: Services, people: list[str], at: datetime = NOW) -> None:
+    async with services.engine.begin() as conn:
+        await box.enqueue_person(conn, people, at, "test")
+
+
+async def test_one_statement_leases_free_people_and_keeps_a_retrys_delivery_id(services: Services) -> None:
+    a, b, c = numbers(3)
+    async with services.engine.begin() as conn:
+        first = await box.lease_people(conn, [a, b], "one", NOW, LATER, {a: "id-a1", b: "id-b1"})
+    assert {n: s.delivery_id for n, s in first.items()} == {a: "id-a1", b: "id-b1"}
+    assert first[a].state == "none" and first[a].published == [] and first[a].attempts == 0
+
+    async with services.engine.begin() as conn:
+        # b is held by "one"; a and c are not yet (a is released after a failed attempt).
+        await box.retry_later(conn, a, [], NOW, "HTTP 500")
+        second = await box.lease_people(conn, [a, b, c], "two", NOW, LATER, {a: "x", b: "y", c: "id-c"})
+    assert set(second) == {a, c}, "a live lease of another publisher is not taken"
+    assert second[a].delivery_id == "id-a1", "a retry reuses its delivery's X-Request-ID"
+    assert second[a].attempts == 1
+    assert second[c].delivery_id == "id-c"
+
+    async with services.engine.begin() as conn:
+        lapsed = await box.lease_people(conn, [b], "two", LATER + timedelta(seconds=1), LATER, {b: "z"})
+    assert lapsed[b].delivery_id == "id-b1", "a lapsed lease is taken over with the delivery it was doing"
+
+
+async def test_claim_leaves_the_rows_of_people_being_delivered(services: Services) -> None:
+    a, b = numbers(2)
+    await queue(services, [a, b, a])
+    async with services.engine.begin() as conn:
+        claimed = await box.claim(conn, "one", NOW, LATER, 10, skip_people={a})
+    assert set(claimed) == {b}
+    async with services.engine.begin() as conn:
+        rest = await box.claim_rest(conn, [a], "one", NOW, LATER)
+    assert len(rest[a]) == 2, "once leased, a person's rows are all taken together"
+
+
+async def test_finishing_many_deliveries_records_each_persons_own_state(services: Services) -> None:
+    a, b = numbers(2)
+    await queue(services, [a, b])
+    async with services.engine.begin() as conn:
+        claimed = await box.claim(conn, "one", NOW, LATER, 10)
+        await box.lease_people(conn, claimed, "one", NOW, LATER, {a: "da", b: "db"})
+        await box.finish(
+            conn,
+            [
+                box.Finished(a, claimed[a], "published", ["Patient/p1/_history/2"]),
+                box.Finished(b, claimed[b], "retracted", []),
+            ],
+            NOW,
+        )
+    async with services.engine.connect() as conn:
+        rows = {r.nhs_number: r for r in await conn.execute(select(hie_people))}
+        statuses = {s for (s,) in await conn.execute(select(outbox.c.status))}
+    assert rows[a].state == "published" and orjson.loads(rows[a].published) == ["Patient/p1/_history/2"]
+    assert rows[b].state == "retracted" and orjson.loads(rows[b].published) == []
+    assert all(r.lease_owner is None and r.delivery_id is None for r in rows.values())
+    assert statuses == {"sent"}
+
+
+async def test_pruning_deletes_only_rows_sent_before_the_cut(services: Services) -> None:
+    a, b, c = numbers(3)
+    await queue(services, [a, b, c])
+    async with services.engine.begin() as conn:
+        claimed = await box.claim(conn, "one", NOW, LATER, 10)
+        await box.finish(conn, [box.Finished(a, claimed[a], "published", [])], NOW - timedelta(hours=2))
+        await box.finish(conn, [box.Finished(b, claimed[b], "published", [])], NOW)
+        await box.release_rows(conn, claimed[c], None)
+        assert await box.prune_sent(conn, NOW - timedelta(hours=1)) == 1
+    async with services.engine.connect() as conn:
+        left = {n for (n,) in await conn.execute(select(outbox.c.nhs_number))}
+    assert left == {b, c}, "recent and waiting rows stay"
+
+
+async def test_a_claims_decisions_come_from_the_store_as_it_is_after_the_claim(services: Services) -> None:
+    a, b, stranger = numbers(3)
+    await services.register.opt_out(a, OptOutKind.LOCAL, Authority.LETTER, ACTOR, "req-1")
+    decider = await ClaimDecider.read(services.engine, [a, b])
+    assert not (await decider.decide(a, "direct-care", HIE)).permitted
+    assert (await decider.decide(b, "direct-care", HIE)).permitted
+    missing = await decider.decide(stranger, "direct-care", HIE)
+    assert not missing.permitted and missing.reason == Reason.FACTS_UNAVAILABLE, "not read: deny"
+
+
+async def test_a_claim_whose_register_cannot_be_read_denies_everyone() -> None:
+    (a,) = numbers(1)
+    unreachable = create_async_engine("postgresql+asyncpg://postgres@127.0.0.1:1/test")  # nothing listens
+    try:
+        decider = await ClaimDecider.read(unreachable, [a])
+    finally:
+        await unreachable.dispose()
+    assert decider.facts is None
+    decision = await decider.decide(a, "direct-care", HIE)
+    assert not decision.permitted and decision.reason == Reason.FACTS_UNAVAILABLE
+
+
+@pytest.fixture
+def statements(services: Services) -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        seen.append(statement)
+
+    event.listen(services.engine.sync_engine, "before_cursor_execute", count)
+    yield seen
+    event.remove(services.engine.sync_engine, "before_cursor_execute", count)
+
+
+async def test_loads_asked_for_together_are_one_read_with_each_persons_own_view(
+    services: Services, statements: list[str]
+) -> None:
+    await ingest_three(services)
+    async with services.engine.connect() as conn:
+        people = await box.people_after(conn, "", 3)
+        expected = [await read_for_person(conn, n) for n in people]
+    statements.clear()
+    loader = PersonLoader(services.engine)
+    loaded = await asyncio.gather(*(loader.load(n) for n in people))
+    assert loaded == expected
+    assert len([s for s in statements if "FROM resources" in s]) == 1
+
+
+async def ingest_three(services: Services) -> None:
+    buffer = io.StringIO()
+    WRITERS["gp"](population(3, 5), buffer, random.Random("gp"), DefectPlan(0.0, 5))
+    rows = list(csv.DictReader(io.StringIO(buffer.getvalue())))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows({**r, "opt_out_code": ""} for r in rows)
+    await services.ingestor.run("gp", adapter_for("gp").read(io.BytesIO(out.getvalue().encode())), "gp.csv")
+
+
+async def test_concurrent_submissions_share_commits_and_share_a_failure() -> None:
+    commits: list[list[int]] = []
+
+    async def commit(items: list[int]) -> None:
+        await asyncio.sleep(0)
+        commits.append(items)
+        if 13 in items:
+            raise RuntimeError("commit failed")
+
+    group: GroupCommit[int] = GroupCommit(commit)
+    await asyncio.gather(*(group.submit(i) for i in range(10)))
+    assert sorted(i for c in commits for i in c) == list(range(10))
+    assert len(commits) < 10, "submissions made together are committed together"
+
+    commits.clear()
+    results = await asyncio.gather(*(group.submit(i) for i in (11, 12, 13)), return_exceptions=True)
+    assert commits == [[11], [12, 13]]
+    assert results[0] is None
+    assert all(isinstance(r, RuntimeError) for r in results[1:]), "everyone in a failed commit hears of it"
+
+
+class NoHie:
+    """A client that must not be called."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def transaction(
+        self, bundle: bytes, request_id: str, deadline_seconds: float | None = None
+    ) -> object:
+        self.sent.append(request_id)
+        raise AssertionError("sent with too little of its lease left")
+
+
+async def test_a_delivery_that_waited_too_long_for_a_slot_goes_back_unsent(services: Services) -> None:
+    await ingest_three(services)
+    async with services.engine.begin() as conn:
+        await conn.execute(delete(outbox))  # the ingest's rows: one backfill row per person instead
+    await backfill(services)
+    clock = [NOW]
+    client = NoHie()
+    publisher = Publisher(services, client, clock=lambda: clock[0])  # type: ignore[arg-type]
+    claimed = await publisher._claim(10)
+    assert len(claimed) == 3
+    clock[0] = NOW + timedelta(seconds=services.settings.publish_lease_seconds - 1)  # nearly lapsed
+    await publisher._deliver_all(claimed)
+    assert client.sent == []
+    async with services.engine.connect() as conn:
+        leases = [r.lease_owner for r in await conn.execute(select(hie_people))]
+        assert await box.due_or_waiting(conn) == 3
+        rows = (await conn.execute(select(outbox.c.status, outbox.c.available_at))).all()
+    assert leases == [None, None, None], "the people are free for whoever sends next"
+    assert rows == [("pending", None)] * 3, "due again at once"
+
+
+class SlowHie:
+    """An HIE that never answers within the deadline it is given: the client gives up, as aiohttp would."""
+
+    def __init__(self) -> None:
+        self.deadlines: list[float | None] = []
+
+    async def transaction(
+        self, bundle: bytes, request_id: str, deadline_seconds: float | None = None
+    ) -> object:
+        from gateway.publish.client import HieUnreachable
+
+        self.deadlines.append(deadline_seconds)
+        raise HieUnreachable("TimeoutError")
+
+
+async def test_a_request_to_the_hie_ends_before_the_lease_it_was_sent_under(services: Services) -> None:
+    """A hung HIE must not keep a request in flight after another publisher could lease the person."""
+    await ingest_three(services)
+    clock = [NOW]
+    client = SlowHie()
+    publisher = Publisher(services, client, clock=lambda: clock[0])  # type: ignore[arg-type]
+    claimed = await publisher._claim(10)
+    clock[0] = NOW + timedelta(seconds=5)
+    await publisher._deliver_all(claimed)
+    lease = services.settings.publish_lease_seconds
+    assert len(client.deadlines) == 3
+    assert all(d is not None and 0 < d <= lease - 5 - 1 for d in client.deadlines), client.deadlines
+    async with services.engine.connect() as conn:
+        assert await box.due_or_waiting(conn) > 0, "timed out deliveries are retried, not dropped"
