@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     hie_key_id: str | None = None
     hie_cert_file: Path | None = None
     hie_ca_file: Path | None = None
-    #: Requests to the HIE in flight at once per publisher process (a claim holds up to 16× as many people).
+    #: Requests to the HIE in flight at once per publisher process (a claim holds up to 16 times as
+    #: many people).
     publish_concurrency: int = Field(default=8, ge=1, le=256)
     #: How long a publisher holds a claimed person; a crashed publisher's people come back after it.
     publish_lease_seconds: float = Field(default=30.0, gt=0)

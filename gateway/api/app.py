@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator
+from functools import partial
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,8 +29,13 @@ from gateway.audit.batcher import BatchedAppender
 from gateway.audit.log import sign_periodically
 from gateway.bootstrap import Services, bootstrap
 from gateway.disclosure import DisclosureUnavailable
+from gateway.periodic import run_periodically
 from gateway.settings import Settings
+from gateway.store import idempotency
 from gateway.store.database import UNAVAILABLE_ERRORS, is_unavailable, reader
+
+#: How often a serving process deletes idempotency keys past their lifetime.
+PURGE_SECONDS = 600.0
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
@@ -49,14 +55,21 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             settings.resolved_token_secret(), settings.public_url.rstrip("/"), settings.token_seconds
         )
         signer = asyncio.create_task(sign_periodically(built.log, settings.audit_checkpoint_seconds))
+        # Retried pushes need their keys for a day; older ones go (every worker may run this: idempotent).
+        housekeeping = asyncio.create_task(
+            run_periodically(
+                PURGE_SECONDS, partial(idempotency.purge, built.engine), "purging expired idempotency keys"
+            )
+        )
         gc.collect()
         gc.freeze()
         try:
             yield
         finally:
-            signer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await signer
+            for task in (housekeeping, signer):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if own:
                 await built.close()
 

@@ -9,8 +9,6 @@ signs whatever is unsigned (called on an interval and at shutdown).
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -18,9 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from consent.chain import Checkpoint, Entry, key_id, sign_checkpoint
+from gateway.periodic import run_periodically
 from gateway.store.audit import Head, append_entries, lock_head, save_checkpoint
-
-logger = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -79,22 +76,7 @@ async def sign_periodically(log: AuditLog, every_seconds: float) -> None:
     """Sign unsigned entries every ``every_seconds`` until cancelled (a serving process runs this).
 
     A failed attempt is retried at the next tick: the entries stay covered by the chain meanwhile.
-    Cancellation lands between attempts, never inside one: an attempt cancelled mid-transaction
-    would leave its connection holding the head's row lock (SQLite's write lock), and the
-    shutdown checkpoint that follows would wait on it until the store's busy timeout.
+    Stopping it lets an attempt in flight finish (``gateway.periodic``), so the shutdown
+    checkpoint that follows never waits on a lock the cancelled attempt still holds.
     """
-    while True:
-        await asyncio.sleep(every_seconds)
-        attempt = asyncio.ensure_future(_checkpoint_or_warn(log))
-        try:
-            await asyncio.shield(attempt)
-        except asyncio.CancelledError:
-            await attempt
-            raise
-
-
-async def _checkpoint_or_warn(log: AuditLog) -> None:
-    try:
-        await log.checkpoint()
-    except Exception:  # noqa: BLE001 - a store hiccup must not end the signer; the next tick retries
-        logger.warning("signing an audit checkpoint failed; retrying at the next interval")
+    await run_periodically(every_seconds, log.checkpoint, "signing an audit checkpoint")
