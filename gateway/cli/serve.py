@@ -7,6 +7,11 @@ with exit code 2. Each uvicorn worker then builds its own services through the
 app factory. On SIGTERM or Ctrl-C in-flight requests finish (up to
 ``GRACEFUL_SECONDS``), each worker signs a checkpoint over the log's unsigned
 entries, and the command exits 0.
+
+With ``CONCORD_HIE_URL`` set, ``serve`` also runs the publisher (unless ``--no-publish``), as a
+``concord publish`` child process beside the workers: its CPU is its own, and it is stopped with
+SIGTERM (finishing its deliveries) when the API stops. Deployments that run publishers as their own
+processes (docker-compose) pass ``--no-publish``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
+import threading
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -109,12 +117,21 @@ def prepare(settings: Settings) -> None:
     type=click.Choice(LEVELS),
     help="Least severe log level written; above info also silences the access log.",
 )
-def serve(host: str, port: int, workers: int, log_level: str) -> None:
+@click.option(
+    "--publish/--no-publish",
+    default=True,
+    show_default=True,
+    help="With CONCORD_HIE_URL set, also run the publisher (a `concord publish` child process). "
+    "--no-publish where publishers run as processes of their own.",
+)
+def serve(host: str, port: int, workers: int, log_level: str, publish: bool) -> None:
     """Serve the FHIR API, the token endpoint and /healthz, /readyz, /metrics.
 
     Logs are JSON lines on stderr; the access log (logger concord.access) has one per request.
     SIGTERM or Ctrl-C finishes in-flight requests, signs a checkpoint over the audit log's
-    unsigned entries and exits 0. Settings come from CONCORD_* variables (docs/operations-api.md).
+    unsigned entries and exits 0. With CONCORD_HIE_URL set, the publisher runs beside the API
+    (unless --no-publish) and stops with it. Settings come from CONCORD_* variables
+    (docs/operations-api.md).
     """
     import uvicorn
 
@@ -131,6 +148,7 @@ def serve(host: str, port: int, workers: int, log_level: str) -> None:
     # uvicorn re-raises SIGTERM after its graceful shutdown with the handler it found; with the default
     # one the process would die by the signal instead of exiting 0.
     signal.signal(signal.SIGTERM, lambda _sig, _frame: None)
+    publisher = PublisherChild() if publish and settings.hie_url else None
     try:
         uvicorn.run(
             APP,
@@ -146,8 +164,68 @@ def serve(host: str, port: int, workers: int, log_level: str) -> None:
             timeout_graceful_shutdown=GRACEFUL_SECONDS,
         )
     finally:
+        if publisher is not None:
+            publisher.stop()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+class PublisherChild:
+    """``concord publish`` as a supervised child: same settings (the environment), same stderr.
+
+    If it exits while the API is serving (the store was down at its start, say), it is started
+    again after ``RESTART_SECONDS``. On Linux it is told to stop (SIGTERM) if this process dies
+    without stopping it.
+    """
+
+    RESTART_SECONDS: Final = 5.0
+
+    def __init__(self) -> None:
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.process = self._spawn()
+        self._watcher = threading.Thread(target=self._watch, name="publisher-supervisor", daemon=True)
+        self._watcher.start()
+
+    @staticmethod
+    def _spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "publish"],
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_stop_with_parent if sys.platform == "linux" else None,
+        )
+
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
+            code = self.process.wait()
+            if self._stopping.wait(self.RESTART_SECONDS):
+                return
+            logging.getLogger("concord.serve").warning(
+                "the publisher exited (code %s); starting it again", code
+            )
+            with self._lock:
+                if not self._stopping.is_set():
+                    self.process = self._spawn()
+
+    def stop(self) -> None:
+        """SIGTERM (deliveries in flight finish), then SIGKILL if it outlives the graceful period."""
+        with self._lock:
+            self._stopping.set()
+            process = self.process
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=GRACEFUL_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _stop_with_parent() -> None:
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _multiprocess_metrics() -> str:

@@ -132,6 +132,8 @@ def test_concord_commands_are_real_command_lines(services: dict[str, dict[str, A
             assert ctx.command is command
     serve = services["api"]["command"]
     assert serve[0] == "serve" and "--host=0.0.0.0" in serve and "--workers=2" in serve
+    # The publisher service publishes; API replicas must not start publishers of their own.
+    assert "--no-publish" in serve
     assert services["publisher"]["command"] == ["publish"]
 
 
