@@ -73,7 +73,9 @@ FAULTS = (
 )
 READ_TIMEOUT = "2"  # the publishers' HIE read timeout: shorter than the stub's --delay-seconds
 TOKEN_REFRESH_SECONDS = 240  # access tokens live at most 300 s
-NUMBER = re.compile(rb"(?<!\d)999\d{7}(?!\d)")
+#: An NHS number in a log line. Bounded by non-hex characters: a request id (32 hex digits) may hold
+#: "999" and seven digits by chance, and is not patient data.
+NUMBER = re.compile(rb"(?<![0-9A-Fa-f])999\d{7}(?![0-9A-Fa-f])")
 
 
 def percentile(values: list[float], share: float) -> float:

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, update
+from sqlalchemy import Select, and_, bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.dialect import upsert
@@ -37,12 +37,22 @@ class PersonState:
 
 
 def _claimable(now: datetime) -> Any:
+    """Due rows. Each arm names one unsent status, so PostgreSQL reads them through the partial
+    index ``ix_outbox_unsent`` in id order, never walking the delivered rows before them."""
     return or_(
         and_(
             outbox.c.status == "pending", or_(outbox.c.available_at.is_(None), outbox.c.available_at <= now)
         ),
         and_(outbox.c.status == "claimed", outbox.c.claimed_until < now),
     )
+
+
+def claim_candidates(now: datetime, limit: int, skip_people: Collection[str] = ()) -> Select[tuple[int]]:
+    """The ids a claim takes: due rows, oldest first (read through ``ix_outbox_unsent``)."""
+    due = _claimable(now)
+    if skip_people:
+        due = and_(due, or_(outbox.c.nhs_number.is_(None), outbox.c.nhs_number.not_in(sorted(skip_people))))
+    return select(outbox.c.id).where(due).order_by(outbox.c.id).limit(limit)
 
 
 async def claim(
@@ -57,10 +67,7 @@ async def claim(
 
     Rows of ``skip_people`` (those this publisher is delivering now) stay where they are.
     """
-    due = _claimable(now)
-    if skip_people:
-        due = and_(due, or_(outbox.c.nhs_number.is_(None), outbox.c.nhs_number.not_in(sorted(skip_people))))
-    candidates = select(outbox.c.id).where(due).order_by(outbox.c.id).limit(limit)
+    candidates = claim_candidates(now, limit, skip_people)
     if conn.dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
     rows = (

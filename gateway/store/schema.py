@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -93,6 +94,14 @@ outbox = Table(
     Index("ix_outbox_status_id", "status", "id"),
     #: A leased person's other due rows (``outbox.claim_rest``).
     Index("ix_outbox_nhs_number", "nhs_number"),
+    #: Unsent rows in id order: a claim reads these alone, never walking the delivered ones before
+    #: them (migration 0007; measured at 100,000 people, that walk was most of PostgreSQL's CPU).
+    Index(
+        "ix_outbox_unsent",
+        "id",
+        postgresql_where=text("status IN ('pending', 'claimed')"),
+        sqlite_where=text("status IN ('pending', 'claimed')"),
+    ),
 )
 
 quarantine = Table(

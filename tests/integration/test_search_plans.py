@@ -8,11 +8,13 @@ sequential scans priced out, the plan reads ``ix_resources_person``.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.bootstrap import Services
-from gateway.store import search
+from gateway.store import outbox, search
 
 NUMBER = "9990000018"
 
@@ -46,3 +48,17 @@ async def test_searches_by_person_use_the_person_index(services: Services) -> No
             assert "ix_resources_person" in plan, f"{name}: {plan}"
             # Sorting the one person's matches is fine; reading the table is not.
             assert "SCAN resources" not in plan and "Seq Scan" not in plan, f"{name} scans: {plan}"
+
+
+async def test_a_claim_reads_unsent_outbox_rows_only(services: Services) -> None:
+    """Delivered rows stay an hour (and can be most of the outbox): a claim must not walk them."""
+    statement = outbox.claim_candidates(datetime(2026, 11, 24, tzinfo=UTC), 128, skip_people=[NUMBER])
+    async with services.engine.connect() as conn:
+        plan = await _plan(conn, statement)  # type: ignore[arg-type]
+    if services.engine.dialect.name == "postgresql":
+        # Without the partial index PostgreSQL walks the primary key in id order and filters out
+        # every delivered row first (measured: 300,000 rows removed, 42 ms a claim; with it 0.1 ms).
+        assert "ix_outbox_unsent" in plan, plan
+    else:  # SQLite searches each unsent status's rows through ix_outbox_status_id, then sorts them
+        assert plan.count("ix_outbox_status_id (status=?)") == 2 or "ix_outbox_unsent" in plan, plan
+    assert "SCAN outbox" not in plan and "Seq Scan" not in plan and "outbox_pkey" not in plan, plan
