@@ -29,13 +29,11 @@ from gateway.console.filters import (
     DECISIONS,
     PURPOSES,
     AccessFilter,
-    as_dict,
     error_list,
-    is_empty,
     read_access,
     read_nhs_number,
 )
-from gateway.console.routes.common import download, log_shown, sealed_filter, seq_param
+from gateway.console.routes.common import download, filter_form, log_shown, sealed_filter, seq_param
 from gateway.console.web import (
     AUDIT_READ,
     AUDITORS,
@@ -76,15 +74,7 @@ async def access_page(request: Request) -> Response:
 
 @router.post("/access")
 async def filter_access(request: Request) -> Response:
-    caller = _staff(request)
-    fields = await form(request)
-    check_csrf(caller.session, fields)
-    wanted, problems = read_access(fields)
-    if problems:
-        return _page(request, wanted, 400, errors=error_list(problems), problems=problems)
-    if is_empty(wanted):
-        return redirect("/console/access")
-    return redirect("/console/access?q=" + caller.seal(SEAL, as_dict(wanted)))
+    return await filter_form(request, _staff(request), "/console/access", SEAL, read_access, _page)
 
 
 @router.get("/access/person")

@@ -1,16 +1,17 @@
-"""Helpers the IG pages share: paging parameters, sealed filters, logging what is shown, downloads."""
+"""Helpers the IG pages share: paging parameters, sealed filters, the filter form, logging what is
+shown, downloads."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final
 
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from gateway.api.routes.consent import log_read
-from gateway.console.filters import F, from_dict
-from gateway.console.web import Staff
+from gateway.console.filters import F, Problems, as_dict, error_list, from_dict, is_empty
+from gateway.console.web import Staff, check_csrf, form, redirect
 
 MAX_PAGE: Final = 100_000
 
@@ -49,3 +50,23 @@ def download(chunks: AsyncIterator[bytes], media_type: str, filename: str) -> St
     return StreamingResponse(
         chunks, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{filename}"'}
     )
+
+
+async def filter_form(
+    request: Request,
+    caller: Staff,
+    path: str,
+    purpose: str,
+    read: Callable[[dict[str, str]], tuple[F, Problems]],
+    page: Callable[..., Response],
+) -> Response:
+    """A posted filter form: the page again with the problems (400), or a redirect to ``path`` with
+    the filter sealed in ``q`` (no NHS number in a URL that lands in logs), or to ``path`` bare."""
+    fields = await form(request)
+    check_csrf(caller.session, fields)
+    wanted, problems = read(fields)
+    if problems:
+        return page(request, wanted, 400, errors=error_list(problems), problems=problems)
+    if is_empty(wanted):
+        return redirect(path)
+    return redirect(f"{path}?q=" + caller.seal(purpose, as_dict(wanted)))

@@ -21,13 +21,10 @@ from gateway.console import queries
 from gateway.console.filters import (
     HIE_STATES,
     PublicationFilter,
-    as_dict,
-    error_list,
-    is_empty,
     read_publication,
 )
-from gateway.console.routes.common import log_shown, page_number, sealed_filter
-from gateway.console.web import AUDIT_READ, AUDITORS, ConsoleRoute, check_csrf, form, redirect, render, staff
+from gateway.console.routes.common import filter_form, log_shown, page_number, sealed_filter
+from gateway.console.web import AUDIT_READ, AUDITORS, ConsoleRoute, render, staff
 from gateway.store import outbox
 
 router = APIRouter(prefix="/console", route_class=ConsoleRoute)
@@ -70,15 +67,9 @@ async def publication_page(request: Request) -> Response:
 
 @router.post("/publication")
 async def filter_publication(request: Request) -> Response:
-    caller = staff(request, AUDITORS, [AUDIT_READ])
-    fields = await form(request)
-    check_csrf(caller.session, fields)
-    wanted, problems = read_publication(fields)
-    if problems:
-        return _page(request, wanted, 400, errors=error_list(problems), problems=problems)
-    if is_empty(wanted):
-        return redirect("/console/publication")
-    return redirect("/console/publication?q=" + caller.seal(SEAL, as_dict(wanted)))
+    return await filter_form(
+        request, staff(request, AUDITORS, [AUDIT_READ]), "/console/publication", SEAL, read_publication, _page
+    )
 
 
 def hie_reasons(outcome: str) -> list[str]:

@@ -27,20 +27,14 @@ from gateway.console.filters import (
     SOURCES,
     STATUSES,
     ConsentFilter,
-    as_dict,
-    error_list,
-    is_empty,
     read_consent,
 )
-from gateway.console.routes.common import download, log_shown, page_number, sealed_filter
+from gateway.console.routes.common import download, filter_form, log_shown, page_number, sealed_filter
 from gateway.console.web import (
     AUDITORS,
     CONSENT_READ,
     ConsoleRoute,
     Staff,
-    check_csrf,
-    form,
-    redirect,
     render,
     staff,
 )
@@ -85,15 +79,7 @@ async def register_page(request: Request) -> Response:
 
 @router.post("/consent")
 async def filter_register(request: Request) -> Response:
-    caller = _staff(request)
-    fields = await form(request)
-    check_csrf(caller.session, fields)
-    wanted, problems = read_consent(fields)
-    if problems:
-        return _page(request, wanted, 400, errors=error_list(problems), problems=problems)
-    if is_empty(wanted):
-        return redirect("/console/consent")
-    return redirect("/console/consent?q=" + caller.seal(SEAL, as_dict(wanted)))
+    return await filter_form(request, _staff(request), "/console/consent", SEAL, read_consent, _page)
 
 
 @router.get("/consent/export.csv")
