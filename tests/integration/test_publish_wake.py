@@ -28,7 +28,6 @@ from redis.asyncio import Redis
 from adapters.registry import adapter_for
 from consent.model import Authority, OptOutKind, Requester, RequesterKind
 from gateway.bootstrap import Services, bootstrap
-from gateway.hie_stub.server import make_app
 from gateway.publish.client import HieClient
 from gateway.publish.publisher import Publisher
 from gateway.settings import Settings
@@ -54,14 +53,6 @@ class Parked(asyncio.Event):
     async def wait(self) -> Literal[True]:
         self.parked.set()
         return await super().wait()
-
-
-@pytest.fixture
-async def hie() -> AsyncIterator[TestServer]:
-    server = TestServer(make_app())
-    await server.start_server()
-    yield server
-    await server.close()
 
 
 @pytest.fixture

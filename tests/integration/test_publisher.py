@@ -25,7 +25,6 @@ from adapters.registry import adapter_for
 from consent.model import Authority, OptOutKind, Requester, RequesterKind
 from gateway.bootstrap import Services, bootstrap
 from gateway.decisions import StoreDecider
-from gateway.hie_stub.server import make_app
 from gateway.publish.client import HieClient
 from gateway.publish.publisher import Publisher, backfill
 from gateway.settings import Settings
@@ -50,14 +49,6 @@ def fast(settings: Settings, url: str) -> Settings:
             "hie_read_timeout": 1.0,
         }
     )
-
-
-@pytest.fixture
-async def hie() -> AsyncIterator[TestServer]:
-    server = TestServer(make_app())
-    await server.start_server()
-    yield server
-    await server.close()
 
 
 @pytest.fixture
