@@ -79,7 +79,8 @@ ENTRY_FIELDS: Final = tuple(f.name for f in fields(Entry))
 
 def timestamp(when: datetime) -> str:
     """The log's one time format: UTC, microseconds, ``Z`` (sorts as text)."""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is several times cheaper than strftime; in UTC it always ends "+00:00".
+    return when.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def detail(**values: object) -> str:

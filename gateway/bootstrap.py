@@ -16,6 +16,7 @@ from gateway.publish.signal import OutboxSignal
 from gateway.register import ConsentRegister
 from gateway.settings import Settings
 from gateway.store.database import create_engine, migrate, reader
+from gateway.store.hot_reads import HotReads, open_hot_reads
 from mappings.engine import Engine
 from mappings.ids import IdMaker
 from mappings.mapper import Mapper
@@ -34,6 +35,8 @@ class Services:
     register: ConsentRegister
     disclosure: Disclosure
     signal: OutboxSignal
+    #: The API's searches and the decider's register reads, at the driver (``store.hot_reads``).
+    reads: HotReads
 
     async def close(self, sign: bool = True) -> None:
         """Sign whatever the log holds unsigned (the shutdown checkpoint), then disconnect."""
@@ -42,6 +45,8 @@ class Services:
                 await self.log.checkpoint()
         finally:
             await self.decider.close()
+            await self.reads.close()
+            await self.log.close()
             await self.engine.dispose()
 
 
@@ -49,21 +54,27 @@ def build_mapper(settings: Settings) -> Mapper:
     return Mapper(load_specs(), Engine(load_tables()), IdMaker(settings.resolved_id_key()))
 
 
-def build_decider(settings: Settings, engine: AsyncEngine) -> Decider:
-    """Redis when configured; else a shared-memory fence beside a SQLite store; else the store itself."""
+def build_decider(settings: Settings, engine: AsyncEngine, reads: HotReads | None = None) -> Decider:
+    """Redis when configured; else a shared-memory fence beside a SQLite store; else the store itself.
+
+    The decider reads the register through ``reads`` when given, else through ``engine``.
+    """
     if settings.redis_url:
         from redis.asyncio import Redis
 
         client = Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
         return RedisDecider(
-            engine, client, settings.consent_cache_seconds, prefix=f"{settings.redis_prefix}consent:"
+            engine,
+            client,
+            settings.consent_cache_seconds,
+            prefix=f"{settings.redis_prefix}consent:",
+            reads=reads,
         )
     path = settings.sqlite_path()
     if path is not None:
-        return LocalDecider(
-            engine, FileFence(path.with_name(path.name + ".consent-fence")), settings.consent_cache_seconds
-        )
-    return StoreDecider(engine)
+        fence = FileFence(path.with_name(path.name + ".consent-fence"))
+        return LocalDecider(engine, fence, settings.consent_cache_seconds, reads=reads)
+    return StoreDecider(engine, reads=reads)
 
 
 async def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Services:
@@ -73,8 +84,9 @@ async def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Servi
     if run_migrations:
         await migrate(engine)
     mapper = build_mapper(settings)
-    log = AuditLog(engine, key, settings.audit_checkpoint_entries)
-    decider = build_decider(settings, reader(engine))  # it only reads: one statement per decision
+    log = AuditLog(engine, key, settings.audit_checkpoint_entries, sqlite_path=settings.sqlite_path())
+    reads = open_hot_reads(settings, engine)
+    decider = build_decider(settings, reader(engine), reads)  # it only reads: one statement per decision
     signal = OutboxSignal(
         decider.redis if isinstance(decider, RedisDecider) else None, f"{settings.redis_prefix}outbox"
     )
@@ -93,4 +105,5 @@ async def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Servi
         register,
         Disclosure(reader(engine), decider, log),
         signal,
+        reads,
     )

@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from consent.decide import decide
 from consent.model import Decision, Facts, Reason, Requester, Verdict
 from gateway.fence import FileFence
-from gateway.store.consents import read_facts
+from gateway.store.hot_reads import EngineReads, HotReads
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,14 @@ class Decider(Protocol):
 class StoreDecider:
     """No cache: the store's facts, every time."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, reads: HotReads | None = None) -> None:
         self.engine = engine
+        #: Where the register is read: at the driver (``store.hot_reads``), or through the engine.
+        self.reads = reads if reads is not None else EngineReads(engine)
 
     async def facts(self, nhs_number: str) -> Facts | None:
         try:
-            async with self.engine.connect() as conn:
-                return await read_facts(conn, nhs_number)
+            return await self.reads.facts(nhs_number)
         except Exception:  # noqa: BLE001 - whatever stops the read, the answer is "facts unavailable": deny
             log.warning("consent facts could not be read from the store; denying")
             return None
@@ -100,8 +101,15 @@ class LocalDecider(StoreDecider):
     never reads the clock.
     """
 
-    def __init__(self, engine: AsyncEngine, fence: FileFence, ttl: float, max_entries: int = 200_000) -> None:
-        super().__init__(engine)
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        fence: FileFence,
+        ttl: float,
+        max_entries: int = 200_000,
+        reads: HotReads | None = None,
+    ) -> None:
+        super().__init__(engine, reads)
         self.fence = fence
         self.ttl = ttl
         self.max_entries = max_entries
@@ -189,8 +197,9 @@ class RedisDecider(StoreDecider):
         ttl: float,
         prefix: str = "concord:consent:",
         retry_after: float = 1.0,
+        reads: HotReads | None = None,
     ) -> None:
-        super().__init__(engine)
+        super().__init__(engine, reads)
         self.redis = redis
         self.ttl = ttl
         self.prefix = prefix

@@ -1,16 +1,23 @@
 """Group commit: concurrent submissions share one commit, and each waits for its own.
 
 Committing each submission in its own transaction serialises callers on a lock
-and a commit (the log's head, the outbox). Instead the first submitter to find
-no flush running becomes the flusher and commits everything queued, a batch at
-a time, until the queue is empty; submissions arriving meanwhile join the next
-batch. No submitter returns before its item is committed, and a failed commit
-fails every submitter in that batch with the same error.
+and a commit (the log's head, the outbox). Instead submissions queue, and one
+flush task (started by the first submission to find none running) commits the
+queue a batch at a time until it is empty; submissions arriving meanwhile join
+the next batch. Before each batch the task yields once, so everything already
+runnable joins it. No submitter returns before its item is committed, and a
+failed commit fails every submitter in that batch with the same error.
+
+The flushing is a task of its own, not one of the submitters: a submitter that
+flushed for everyone would be held for as long as others kept submitting
+(measured under load: requests held for seconds), and cancelling it would
+cancel a commit that others wait on.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -33,27 +40,31 @@ class GroupCommit(Generic[T]):
         self.commit = commit
         self.max_batch = max_batch
         self.weight = weight
-        self._queue: list[tuple[T, asyncio.Future[None]]] = []
-        self._flushing = False
+        self._queue: deque[tuple[T, asyncio.Future[None]]] = deque()
+        self._flusher: asyncio.Task[None] | None = None
 
     async def submit(self, item: T) -> None:
         """Return once ``item`` is committed; raise what its commit raised."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((item, done))
-        if not self._flushing:
-            self._flushing = True
-            try:
-                while self._queue:
-                    await self._flush_one()
-            finally:
-                self._flushing = False
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._drain())
         await done
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                await asyncio.sleep(0)  # whatever is runnable now joins this batch
+                await self._flush_one()
+        finally:
+            self._flusher = None
 
     async def _flush_one(self) -> None:
         batch: list[tuple[T, asyncio.Future[None]]] = []
         size = 0
-        while self._queue and (not batch or size + self.weight(self._queue[0][0]) <= self.max_batch):
-            item = self._queue.pop(0)
+        queue = self._queue
+        while queue and (not batch or size + self.weight(queue[0][0]) <= self.max_batch):
+            item = queue.popleft()
             batch.append(item)
             size += self.weight(item[0])
         failed: Exception | None = None

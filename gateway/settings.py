@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     #: (PostgreSQL's max_connections must cover every process's sum).
     database_pool_size: int = Field(default=16, ge=1)
     database_max_overflow: int = Field(default=4, ge=0)
+    #: PostgreSQL: connections a serving process keeps for the API's searches, beside its pool
+    #: (``store.hot_reads``: prepared statements on asyncpg, no SQLAlchemy per request).
+    search_pool_size: int = Field(default=4, ge=1)
     redis_url: str | None = None
     #: Prefix of every Redis key concord writes: deployments (or test runs) sharing a Redis keep apart.
     redis_prefix: str = "concord:"

@@ -46,7 +46,7 @@ def normalise(raw: str | None) -> str:
     """
     if raw is None or not raw.strip():
         raise NhsNumberError("nhs-number-missing", "no NHS number")
-    digits = _SEPARATORS.sub("", raw)
+    digits = raw if len(raw) == 10 else _SEPARATORS.sub("", raw)  # most arrive bare: no regex
     if len(digits) != 10 or not digits.isascii() or not digits.isdigit():
         raise NhsNumberError("nhs-number-format", "NHS number is not ten digits")
     if check_digit(digits[:9]) != int(digits[9]):

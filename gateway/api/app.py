@@ -19,11 +19,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.api.errors import answer_for
 from gateway.api.metrics import install_metrics, metrics_of
 from gateway.api.middleware import install_middleware
 from gateway.api.openapi import install as install_openapi
 from gateway.api.outcome import FHIR_JSON, ApiError, outcome_bytes
 from gateway.api.ratelimit import build_limiter
+from gateway.api.routes.fhir_read import ReadApi
 from gateway.api.tokens import AccessTokens
 from gateway.audit.batcher import BatchedAppender
 from gateway.audit.log import sign_periodically
@@ -32,7 +34,7 @@ from gateway.disclosure import DisclosureUnavailable
 from gateway.periodic import run_periodically
 from gateway.settings import Settings
 from gateway.store import idempotency
-from gateway.store.database import UNAVAILABLE_ERRORS, is_unavailable, reader
+from gateway.store.database import UNAVAILABLE_ERRORS, reader
 
 #: How often a serving process deletes idempotency keys past their lifetime.
 PURGE_SECONDS = 600.0
@@ -49,7 +51,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         built.disclosure.log = BatchedAppender(built.log)
         install_metrics(app, built)
         app.state.services = built
-        app.state.reads = reader(built.engine)
+        app.state.read_api = ReadApi(built, reader(built.engine))
         app.state.limiter = build_limiter(settings, built, metrics_of(app))
         app.state.tokens = AccessTokens(
             settings.resolved_token_secret(), settings.public_url.rstrip("/"), settings.token_seconds
@@ -78,39 +80,22 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         summary="FHIR R4 gateway for shared care records, keyed on the NHS number",
         version="0.3.0",
         lifespan=lifespan,
+        # concord serves its own Prometheus metrics; FastAPI's OpenTelemetry hooks would only cost
+        # a check of the global providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
 
     install_middleware(app, settings)  # request ids, access log, metrics, body limits, gzip
 
-    @app.exception_handler(ApiError)
-    async def api_error(_request: Request, exc: ApiError) -> Response:
-        return Response(
-            outcome_bytes(exc.code, exc.diagnostics), exc.status, exc.headers, media_type=FHIR_JSON
-        )
-
-    @app.exception_handler(DisclosureUnavailable)
-    async def unavailable(_request: Request, _exc: DisclosureUnavailable) -> Response:
-        return Response(
-            outcome_bytes("transient", "the audit log cannot be written; nothing is released"),
-            503,
-            {"Retry-After": "5"},
-            media_type=FHIR_JSON,
-        )
-
-    async def store_unavailable(_request: Request, exc: Exception) -> Response:
-        if not is_unavailable(exc):
+    async def error(_request: Request, exc: Exception) -> Response:
+        answer = answer_for(exc, metrics_of(app))
+        if answer is None:
             raise exc  # a fault, not an outage: the 500 path (logged with its request id)
-        metrics_of(app).store_unavailable.inc()
-        return Response(
-            outcome_bytes("transient", "the store is unavailable; try again shortly"),
-            503,
-            {"Retry-After": "5"},
-            media_type=FHIR_JSON,
-        )
+        return Response(answer.body, answer.status, answer.headers, media_type=FHIR_JSON)
 
-    for error in UNAVAILABLE_ERRORS:
-        app.add_exception_handler(error, store_unavailable)
+    for handled in (ApiError, DisclosureUnavailable, *UNAVAILABLE_ERRORS):
+        app.add_exception_handler(handled, error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> Response:

@@ -18,7 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.api.outcome import Forbidden, Unauthorized
 from gateway.api.principal import Principal
-from gateway.api.ratelimit import admit
+from gateway.api.ratelimit import RateLimiter
 from gateway.api.tokens import AccessTokens
 from gateway.bootstrap import Services
 
@@ -45,13 +45,35 @@ bearer = HTTPBearer(auto_error=False, description="An access token from POST /to
 async def get_principal(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
 ) -> Principal:
-    token = credentials.credentials.strip() if credentials is not None else ""
+    token = credentials.credentials if credentials is not None else ""
+    principal = await authenticate(token, get_tokens(request), getattr(request.app.state, "limiter", None))
+    request.state.principal = principal
+    return principal
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer ...`` header ("" for none or another scheme)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return token if scheme.lower() == "bearer" else ""
+
+
+async def authenticate(token: str, tokens: AccessTokens, limiter: RateLimiter | None) -> Principal:
+    """The caller behind ``token``, admitted by its rate limit; 401 without a valid token, 429 when
+    the client's budget is spent (with Retry-After)."""
+    token = token.strip()
     if not token:
         raise Unauthorized("a bearer access token is required", headers={"WWW-Authenticate": "Bearer"})
-    principal = get_tokens(request).verify(token)
-    request.state.principal = principal
-    await admit(request, principal)  # the client's rate limit: 429 with Retry-After when spent
+    principal = tokens.verify(token)
+    if limiter is not None:
+        await limiter.admit(principal)
     return principal
+
+
+def check_scopes(principal: Principal, scopes: tuple[str, ...]) -> None:
+    """403 unless the caller holds every one of ``scopes``."""
+    missing = [s for s in scopes if not principal.allows(s)]
+    if missing:
+        raise Forbidden(f"scope {missing[0]} is required", code="forbidden")
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -63,9 +85,7 @@ def require(*scopes: str) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that lets the caller through only with every one of ``scopes``."""
 
     async def check(principal: Caller) -> Principal:
-        missing = [s for s in scopes if not principal.allows(s)]
-        if missing:
-            raise Forbidden(f"scope {missing[0]} is required", code="forbidden")
+        check_scopes(principal, scopes)
         return principal
 
     return check

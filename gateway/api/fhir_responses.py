@@ -42,12 +42,15 @@ def fhir(content: bytes, status: int = 200, headers: dict[str, str] | None = Non
 
 def check_format(request: Request) -> None:
     """Refuse (406) a request for anything but JSON; ``_format`` overrides ``Accept``."""
-    fmt = request.query_params.get("_format")
+    check_format_of(request.query_params.get("_format"), request.headers.get("accept", ""))
+
+
+def check_format_of(fmt: str | None, accept: str) -> None:
+    """``check_format`` on the request's first ``_format`` value (None: absent) and its ``Accept``."""
     if fmt is not None:
         if fmt.strip().lower() not in JSON_FORMATS:
             raise NotAcceptable("only JSON is served: _format=json")
         return
-    accept = request.headers.get("accept", "")
     if accept.strip() and not _accepts_json(accept):
         raise NotAcceptable("only JSON is served: Accept application/fhir+json")
 
@@ -80,9 +83,11 @@ def not_modified(if_none_match: str | None, version_id: int) -> bool:
     return False
 
 
-def resource_response(request: Request, content: bytes, version_id: int, last_updated: datetime) -> Response:
+def resource_response(
+    if_none_match: str | None, content: bytes, version_id: int, last_updated: datetime
+) -> Response:
     headers = {"ETag": etag(version_id), "Last-Modified": http_date(last_updated)}
-    if not_modified(request.headers.get("if-none-match"), version_id):
+    if not_modified(if_none_match, version_id):
         return Response(status_code=304, headers=headers)
     return fhir(content, headers=headers)
 

@@ -131,12 +131,22 @@ class Metrics:
             "Rate-limit checks made in this process's own buckets because Redis failed.",
             registry=r,
         )
+        # prometheus_client's labels() checks and converts its values on every call: the few series
+        # there can be (every label is bounded) are looked up once and kept.
+        self._request_series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._entry_series: dict[tuple[str, str | None, str | None], tuple[Any, ...]] = {}
 
     def observe(self, method: str, route: str | None, status: int, seconds: float) -> None:
         """Count one answered request. ``route`` must be a template or None, never a raw path."""
         labels = (method if method in METHODS else "OTHER", route or UNMATCHED, status_class(status))
-        self.requests.labels(*labels).inc()
-        self.latency.labels(*labels).observe(seconds)
+        found = self._request_series.get(labels)
+        if found is None:
+            found = self._request_series[labels] = (
+                self.requests.labels(*labels),
+                self.latency.labels(*labels),
+            )
+        found[0].inc()
+        found[1].observe(seconds)
 
     def rate_limited(self, role: str, allowed: bool, fallback: bool) -> None:
         """Count one rate-limit check: a refusal by the client's role, a check Redis could not make."""
@@ -146,12 +156,21 @@ class Metrics:
             self.rate_limit_fallbacks.inc()
 
     def appended(self, entries: Sequence[Entry]) -> None:
+        series = self._entry_series
         for entry in entries:
-            self.audit_entries.labels(_bounded(entry.kind, KINDS)).inc()
-            if entry.kind == Kind.DISCLOSURE and entry.decision is not None:
-                self.decisions.labels(
-                    _bounded(entry.decision, VERDICTS), _bounded(entry.reason, REASONS)
-                ).inc()
+            key = (entry.kind, entry.decision, entry.reason)  # enum values: a bounded set of keys
+            found = series.get(key)
+            if found is None:
+                found = series[key] = self._series_of(*key)
+            for counter in found:
+                counter.inc()
+
+    def _series_of(self, kind: str, decision: str | None, reason: str | None) -> tuple[Any, ...]:
+        """The counters one log entry of this kind, verdict and reason adds to."""
+        counted = [self.audit_entries.labels(_bounded(kind, KINDS))]
+        if kind == Kind.DISCLOSURE and decision is not None:
+            counted.append(self.decisions.labels(_bounded(decision, VERDICTS), _bounded(reason, REASONS)))
+        return tuple(counted)
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition and its content type, in the format ``accept`` asks for (text by default,

@@ -3,21 +3,23 @@
 ``install_middleware`` wires them, outermost first:
 
 1. ``RequestMiddleware``: takes the caller's ``X-Request-ID`` when it is 1-64
-   characters of ``[A-Za-z0-9._-]``, else makes a uuid4 hex; puts it in
+   characters of ``[A-Za-z0-9._-]``, else makes a random 32-hex-digit one; puts it in
    ``request.state.request_id`` and on every response (an unhandled error is
    answered with a 500 OperationOutcome carrying it). Writes one JSON line per
    request to the ``concord.access`` logger and counts the request in the metrics.
    Neither ever holds a query string (they carry NHS numbers): the route is the
    matched template, or, for an unmatched request, its path with digit runs
    redacted.
-2. ``BodyLimitMiddleware``: a declared ``Content-Length`` over ``max_body_bytes``
+2. ``gateway.api.hot_path.HotPath``: the two searches providers make all day,
+   answered without FastAPI (bodiless GETs only, so the body limit has nothing to do).
+3. ``BodyLimitMiddleware``: a declared ``Content-Length`` over ``max_body_bytes``
    is answered 413 before the application runs; a streamed body is cut off the
    moment it passes the limit (the application reads a disconnect, the caller gets
    the 413). ``Content-Encoding: gzip`` bodies are inflated as they arrive under
    the same cap on the inflated size, so a zip bomb costs at most the limit. The
    application never holds more than the limit; what a refused caller still sends
    is discarded (up to a bound, see ``drain``) so that it can read the answer.
-3. Starlette's ``GZipMiddleware``: responses of 1000 bytes or more, to callers
+4. Starlette's ``GZipMiddleware``: responses of 1000 bytes or more, to callers
    that accept gzip.
 """
 
@@ -26,9 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import time
-import uuid
 import zlib
 from datetime import UTC, datetime
 from typing import Final
@@ -57,19 +59,42 @@ DRAIN_SECONDS: Final = 5.0
 
 def install_middleware(app: Starlette, settings: Settings) -> None:
     """Add the operations middleware to ``app`` (Starlette runs the last added outermost)."""
+    from gateway.api.hot_path import HotPath  # it builds on this module
+
     metrics = metrics_of(app)
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=6)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(HotPath, metrics=metrics)
     app.add_middleware(RequestMiddleware, metrics=metrics)
 
 
 def request_id_from(scope: Scope) -> str:
-    """The caller's ``X-Request-ID`` if usable, else a fresh uuid4 hex."""
+    """The caller's ``X-Request-ID`` if usable, else a fresh random one (32 hex digits)."""
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             candidate = value.decode("latin-1")
-            return candidate if _REQUEST_ID.fullmatch(candidate) else uuid.uuid4().hex
-    return uuid.uuid4().hex
+            return candidate if _REQUEST_ID.fullmatch(candidate) else new_request_id()
+    return new_request_id()
+
+
+class _RandomIds:
+    """128-bit random ids, as unguessable as uuid4's, from ``os.urandom`` read 256 ids at a time
+    (a system call per request was a measurable share of a search's CPU)."""
+
+    BATCH: Final = 256
+
+    def __init__(self) -> None:
+        self._ids: list[str] = []
+        os.register_at_fork(after_in_child=self._ids.clear)  # a child never reuses its parent's
+
+    def __call__(self) -> str:
+        if not self._ids:
+            block = os.urandom(16 * self.BATCH)
+            self._ids = [block[i : i + 16].hex() for i in range(0, len(block), 16)]
+        return self._ids.pop()
+
+
+new_request_id = _RandomIds()
 
 
 def loggable_route(scope: Scope) -> str:

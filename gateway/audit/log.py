@@ -5,19 +5,32 @@ writes them inside the caller's, so a consent change and its entry commit
 together or not at all. Either way a checkpoint is signed in the same
 transaction once ``checkpoint_every`` entries are unsigned; ``checkpoint()``
 signs whatever is unsigned (called on an interval and at shutdown).
+
+On a SQLite file, ``append`` runs its whole transaction on a writer thread of
+the log's own, with its own connection (``store.audit.append_sqlite``): one
+handoff to that thread per append. Through the engine every statement is a
+handoff to aiosqlite's thread and back (about 50 µs of the event loop's CPU
+each, measured), and an append is six of them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from consent.chain import Checkpoint, Entry, key_id, sign_checkpoint
 from gateway.periodic import run_periodically
-from gateway.store.audit import Head, append_entries, lock_head, save_checkpoint
+from gateway.store.audit import Head, append_entries, append_sqlite, lock_head, save_checkpoint
+
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -33,18 +46,29 @@ class AuditLog:
         key: Ed25519PrivateKey,
         checkpoint_every: int = 1000,
         clock: Callable[[], datetime] = utcnow,
+        sqlite_path: Path | None = None,
     ) -> None:
         self.engine = engine
         self.key = key
         self.key_id = key_id(key.public_key())
         self.checkpoint_every = checkpoint_every
         self.clock = clock
+        self._writer = SqliteWriter(sqlite_path) if sqlite_path is not None else None
 
     async def append(self, entries: Sequence[Entry]) -> Head:
         """Append in a transaction of its own; returns the new head. Raises if the store cannot be written."""
+        if self._writer is not None:
+            return await self._writer.run(append_sqlite, list(entries), self.checkpoint_every, self._sign_at)
         async with self.engine.begin() as conn:
             head = await lock_head(conn)
             return await self.append_locked(conn, head, entries)
+
+    def _sign_at(self, seq: int, entry_hash: str) -> Checkpoint:
+        return sign_checkpoint(self.key, seq, entry_hash, self.clock())
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()
 
     async def append_in(self, conn: AsyncConnection, entries: Sequence[Entry]) -> Head:
         """Append inside the caller's transaction (locking the head first if it is not yet held)."""
@@ -67,9 +91,40 @@ class AuditLog:
             return cp
 
     async def _sign(self, conn: AsyncConnection, head: Head) -> Head:
-        return await save_checkpoint(
-            conn, head, sign_checkpoint(self.key, head.seq, head.entry_hash, self.clock())
+        return await save_checkpoint(conn, head, self._sign_at(head.seq, head.entry_hash))
+
+
+class SqliteWriter:
+    """One thread and one ``sqlite3`` connection for the log's appends; ``run`` hands it a call."""
+
+    BUSY_TIMEOUT_MS: Final = 30_000
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="concord-audit")
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:  # on the writer thread, at first use
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={self.BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA synchronous=NORMAL")  # as the engine's connections (store.database)
+            self._conn = conn
+        return self._conn
+
+    async def run(self, call: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, lambda: call(self._connection(), *args)
         )
+
+    async def close(self) -> None:
+        def shut() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await asyncio.get_running_loop().run_in_executor(self._pool, shut)
+        self._pool.shutdown(wait=False)
 
 
 async def sign_periodically(log: AuditLog, every_seconds: float) -> None:

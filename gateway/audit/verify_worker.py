@@ -32,7 +32,7 @@ async def connect(source: dict[str, Any]) -> tuple[RawLog, Callable[[], Awaitabl
         path = Path(source["sqlite"]).resolve()
         db = await aiosqlite.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
         return RawLog(db, postgres=False), db.close
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     conn = await asyncpg.connect(source["postgres"], server_settings={"search_path": source["search_path"]})
     return RawLog(conn, postgres=True), conn.close

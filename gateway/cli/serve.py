@@ -55,6 +55,44 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line).decode()
 
 
+class AccessLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The access log: one line per request on stderr, written in blocks rather than line by line.
+
+    A line per request written and flushed on its own is a system call per request (measured: a
+    tenth of a search's CPU). As nginx does with ``access_log ... buffer= flush=``, lines are
+    buffered and written when ``BUFFER_BYTES`` fill, every ``FLUSH_SECONDS``, and at exit; only
+    the last fraction of a second of lines is lost if the process is killed outright. Other
+    records (errors, warnings) still go out at once through the ``json`` handler.
+    """
+
+    BUFFER_BYTES: Final = 64 * 1024
+    FLUSH_SECONDS: Final = 0.5
+
+    def __init__(self) -> None:
+        stream = open(sys.stderr.fileno(), "w", buffering=self.BUFFER_BYTES, closefd=False)  # noqa: SIM115
+        super().__init__(stream)  # the handler owns it: close() flushes it
+        self._closed = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._flusher is None:  # started in the process that logs (a worker), not its parent
+            self._flusher = threading.Thread(target=self._flush_periodically, daemon=True)
+            self._flusher.start()
+        try:
+            self.stream.write(self.format(record) + "\n")
+        except Exception:  # noqa: BLE001 - logging's contract: report, never raise into the caller
+            self.handleError(record)
+
+    def _flush_periodically(self) -> None:
+        while not self._closed.wait(self.FLUSH_SECONDS):
+            self.flush()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.flush()
+        super().close()
+
+
 def log_config(level: str) -> dict[str, Any]:
     """uvicorn's logging config: JSON lines on stderr; access lines (already JSON) as they are."""
     upper = level.upper()
@@ -67,7 +105,7 @@ def log_config(level: str) -> dict[str, Any]:
         },
         "handlers": {
             "json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
-            "access": {"class": "logging.StreamHandler", "formatter": "raw", "stream": "ext://sys.stderr"},
+            "access": {"()": f"{__name__}.AccessLogHandler", "formatter": "raw"},
         },
         "loggers": {
             "uvicorn": {"handlers": ["json"], "level": upper, "propagate": False},

@@ -8,7 +8,8 @@ appenders can never extend the chain from the same entry.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -64,6 +65,45 @@ def _insert_sql(paramstyle: str) -> str:
     else:
         marks = ", ".join("%s" for _ in _COLUMNS)
     return f"INSERT INTO audit_log ({', '.join(_COLUMNS)}) VALUES ({marks})"  # noqa: S608 - fixed names
+
+
+def append_sqlite(
+    conn: sqlite3.Connection,
+    entries: Sequence[Entry],
+    checkpoint_every: int,
+    sign: Callable[[int, str], Checkpoint],
+) -> Head:
+    """``lock_head``, ``append_entries`` and, when ``checkpoint_every`` entries are unsigned, a
+    checkpoint from ``sign(seq, entry_hash)``: one SQLite transaction on a driver connection, made
+    in one call (``AuditLog`` runs it on its writer thread: one handoff for the whole append).
+
+    ``BEGIN IMMEDIATE`` takes SQLite's write lock before the head is read, as ``lock_head``'s
+    UPDATE does, so appenders on any connection or process still extend the chain one at a time.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        seq, entry_hash, checkpoint_seq = conn.execute(_HEAD_SQL).fetchone()
+        rows, last = chained_rows(bytes.fromhex(entry_hash), seq, entries)
+        conn.executemany(_insert_sql("qmark"), rows)
+        seq, entry_hash = seq + len(rows), last.hex()
+        if seq - checkpoint_seq >= checkpoint_every:
+            cp = sign(seq, entry_hash)
+            conn.execute(_CHECKPOINT_SQL, (cp.seq, cp.entry_hash, cp.signed_at, cp.key_id, cp.signature))
+            checkpoint_seq = cp.seq
+        conn.execute(_MOVE_HEAD_SQL, (seq, entry_hash, checkpoint_seq))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return Head(seq, entry_hash, checkpoint_seq)
+
+
+_HEAD_SQL = "SELECT seq, entry_hash, checkpoint_seq FROM audit_head WHERE id = 1"
+_MOVE_HEAD_SQL = "UPDATE audit_head SET seq = ?, entry_hash = ?, checkpoint_seq = ? WHERE id = 1"
+_CHECKPOINT_SQL = (
+    "INSERT INTO audit_checkpoints (seq, entry_hash, signed_at, key_id, signature) VALUES (?, ?, ?, ?, ?)"
+)
 
 
 async def save_checkpoint(conn: AsyncConnection, head: Head, checkpoint: Checkpoint) -> Head:

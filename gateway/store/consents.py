@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +21,7 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def opt_out_from_row(r: RowMapping) -> OptOut:
+def opt_out_from_row(r: Mapping[Any, Any]) -> OptOut:
     recorded_at = _aware(r["recorded_at"])
     assert recorded_at is not None
     return OptOut(
@@ -43,6 +43,11 @@ def opt_out_from_row(r: RowMapping) -> OptOut:
 async def read_facts(conn: AsyncConnection, nhs_number: str) -> Facts:
     """Everything the register holds for one person, with their epoch (0: never changed)."""
     rows = (await conn.execute(select(consents).where(consents.c.nhs_number == nhs_number))).mappings().all()
+    return facts_from_rows(nhs_number, rows)
+
+
+def facts_from_rows(nhs_number: str, rows: Sequence[Mapping[Any, Any]]) -> Facts:
+    """A person's facts from their rows of the register (``store.hot_reads`` reads them bare)."""
     return Facts(
         nhs_number,
         tuple(opt_out_from_row(r) for r in rows),

@@ -21,9 +21,11 @@ next checkout connects afresh.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
@@ -35,8 +37,15 @@ from gateway.settings import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 RECYCLE_SECONDS = 1800
+#: The drivers' own errors, as raised where a driver is used without SQLAlchemy.
+DRIVER_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError)
 #: Errors that may mean the store cannot be reached or is out of capacity (``is_unavailable`` decides).
-UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError)
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    sa_exc.DBAPIError,
+    sa_exc.TimeoutError,
+    OSError,
+    *DRIVER_ERRORS,
+)
 #: PostgreSQL SQLSTATE classes of an unavailable server: connection exception, insufficient
 #: resources (too many clients, out of disk or memory), operator intervention (shutting down).
 _UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
@@ -75,15 +84,21 @@ def is_unavailable(error: BaseException) -> bool:
     """
     if isinstance(error, (ConnectionError, TimeoutError, sa_exc.TimeoutError)):
         return True
-    if not isinstance(error, sa_exc.DBAPIError):
+    if isinstance(error, sa_exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        driver_error: BaseException | None = error.orig
+    elif isinstance(error, DRIVER_ERRORS):
+        driver_error = error  # raised by a driver used bare (``store.hot_reads``)
+    else:
         return False
-    if error.connection_invalidated:
-        return True
-    sqlstate = getattr(error.orig, "sqlstate", None)
+    if isinstance(driver_error, asyncpg.InterfaceError):
+        return True  # the connection is closed or was lost
+    sqlstate = getattr(driver_error, "sqlstate", None)
     if isinstance(sqlstate, str):
         return sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
-    if isinstance(error, sa_exc.OperationalError):
-        message = str(error.orig).lower()
+    if isinstance(error, sa_exc.OperationalError) or isinstance(driver_error, sqlite3.OperationalError):
+        message = str(driver_error).lower()
         return any(text in message for text in _UNAVAILABLE_SQLITE)
     return False
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
+from dataclasses import replace
+
+import pytest
 
 from consent.chain import Entry, Kind, key_id
 from gateway.audit.batcher import BatchedAppender
@@ -29,19 +33,48 @@ def entry(n: int) -> Entry:
     )
 
 
-async def test_concurrent_appenders_extend_one_chain(services: Services) -> None:
-    log = AuditLog(services.engine, services.log.key, checkpoint_every=7)
+@pytest.mark.parametrize("writer_thread", [False, True], ids=["engine", "writer-thread"])
+async def test_concurrent_appenders_extend_one_chain(services: Services, writer_thread: bool) -> None:
+    """Through the engine and, on a SQLite file, on the log's own writer thread (``append_sqlite``);
+    the two kinds of appender interleave on one chain."""
+    path = services.settings.sqlite_path()
+    if writer_thread and path is None:
+        pytest.skip("the writer thread is for a SQLite file")
+    log = AuditLog(services.engine, services.log.key, checkpoint_every=7, sqlite_path=path)
+    other = AuditLog(services.engine, services.log.key, checkpoint_every=7)
 
     async def writer(w: int) -> None:
         for i in range(10):
-            await log.append([entry(w * 100 + i), entry(w * 100 + i + 50)])
+            await (other if w == 0 else log).append([entry(w * 100 + i), entry(w * 100 + i + 50)])
 
-    await asyncio.gather(*(writer(w) for w in range(4)))
+    try:
+        await asyncio.gather(*(writer(w) for w in range(4)))
+    finally:
+        await log.close()
     public = services.log.key.public_key()
     verified = await verify_store(services.engine, {key_id(public): public})
     assert verified.result.ok, verified.result.problem
     assert verified.result.entries == 80
     assert verified.result.checkpoints >= 80 // 7 - 1
+
+
+async def test_a_failed_append_on_the_writer_thread_leaves_the_chain_as_it_was(services: Services) -> None:
+    path = services.settings.sqlite_path()
+    if path is None:
+        pytest.skip("the writer thread is for a SQLite file")
+    log = AuditLog(services.engine, services.log.key, sqlite_path=path)
+    await log.append([entry(1)])
+    try:
+        with pytest.raises(sqlite3.IntegrityError):
+            await log.append([entry(2), replace(entry(2), kind=None)])  # type: ignore[arg-type]  # NOT NULL
+        await log.append([entry(3)])
+    finally:
+        await log.close()
+    async with services.engine.connect() as conn:
+        assert (await read_head(conn)).seq == 2
+    public = services.log.key.public_key()
+    verified = await verify_store(services.engine, {key_id(public): public})
+    assert verified.result.ok and verified.result.entries == 2
 
 
 async def test_the_periodic_signer_covers_the_tail(services: Services) -> None:

@@ -24,14 +24,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consent.model import Purpose
 from gateway.api import openapi
-from gateway.api.deps import RequestId, ServicesDep, require
+from gateway.api.deps import RequestId, require
 from gateway.api.fhir_responses import (
     Link,
-    check_format,
+    Match,
+    check_format_of,
     fhir,
     history,
     ignored_outcome,
@@ -42,6 +43,7 @@ from gateway.api.outcome import BadRequest, Forbidden, NotFound
 from gateway.api.principal import Principal
 from gateway.api.search import (
     CAREPLAN_SEARCH,
+    FORMAT,
     PAGE,
     PAGE_ONLY,
     PATIENT_SEARCH,
@@ -55,6 +57,7 @@ from gateway.api.search import (
 from gateway.bootstrap import Services
 from gateway.disclosure import Ask, Disclosed, Loaded
 from gateway.store import search as store
+from gateway.store.hot_reads import Found, HotReads
 
 router = APIRouter(prefix="/fhir", tags=["FHIR read"], responses=openapi.ERRORS)
 
@@ -65,66 +68,93 @@ CarePlanReader = Annotated[Principal, Depends(require(CAREPLAN_READ))]
 ViewReader = Annotated[Principal, Depends(require(PATIENT_READ, CAREPLAN_READ))]
 
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-Entry = tuple[store.Stored, str]
-PageRead = Callable[[AsyncConnection, str, int, int], Awaitable[tuple[int, list[Entry]]]]
+PageRead = Callable[[str, int, int], Awaitable[tuple[int, list[Match]]]]
 
 
 @dataclass(slots=True)
 class Page:
     offset: int
     total: int = 0
-    entries: list[Entry] = field(default_factory=list)
+    entries: list[Match] = field(default_factory=list)
     permitted: bool = False
 
 
 @dataclass(slots=True)
-class Context:
-    """One request: who asks, under which request id, with which services."""
+class Call:
+    """One request to the read API, however it arrived (a FastAPI route or ``gateway.api.hot_path``)."""
 
-    request: Request
-    services: Services
     principal: Principal
     request_id: str
+    #: The query string's parameters in order.
+    pairs: list[tuple[str, str]]
+    #: Request headers by lower-case name.
+    headers: Mapping[str, str]
+
+    @classmethod
+    def of(cls, request: Request, principal: Principal, request_id: str) -> Call:
+        return cls(principal, request_id, request.query_params.multi_items(), request.headers)
+
+
+class ReadApi:
+    """What every read shares in a serving process: the services, the search reads, paging tokens."""
+
+    def __init__(self, services: Services, engine: AsyncEngine) -> None:
+        self.services = services
+        #: The store for reads beyond the searches (``store.database.reader``: autocommit on PostgreSQL).
+        self.engine = engine
+        self.searches: HotReads = services.reads
+        settings = services.settings
+        self.base = settings.public_url.rstrip("/") + "/fhir/"
+        self.tokens = PageTokens(settings.resolved_token_secret())
+
+    @property
+    def limits(self) -> Limits:
+        settings = self.services.settings
+        return Limits(min(settings.default_page_size, settings.max_page_size), settings.max_page_size)
+
+
+def read_api(request: Request) -> ReadApi:
+    api: ReadApi = request.app.state.read_api
+    return api
+
+
+@dataclass(slots=True)
+class Context:
+    """One request: who asks, under which request id, against which read API."""
+
+    api: ReadApi
+    call: Call
 
     @property
     def base(self) -> str:
-        return self.services.settings.public_url.rstrip("/") + "/fhir/"
+        return self.api.base
 
     @property
-    def reads(self) -> AsyncEngine:
-        """The store for this request's reads (``store.database.reader``: autocommit on PostgreSQL)."""
-        engine: AsyncEngine = self.request.app.state.reads
-        return engine
+    def principal(self) -> Principal:
+        return self.call.principal
 
-    @property
-    def tokens(self) -> PageTokens:
-        state = self.request.app.state
-        if getattr(state, "page_tokens", None) is None:
-            state.page_tokens = PageTokens(self.services.settings.resolved_token_secret())
-        tokens: PageTokens = state.page_tokens
-        return tokens
+    def check_format(self) -> None:
+        fmt = next((v for k, v in self.call.pairs if k == FORMAT), None)
+        check_format_of(fmt, self.call.headers.get("accept", ""))
 
     def query(self, accepted: Mapping[str, str]) -> Query:
-        check_format(self.request)
-        settings = self.services.settings
-        limits = Limits(min(settings.default_page_size, settings.max_page_size), settings.max_page_size)
-        strict = strict_handling(self.request.headers.get("prefer"))
-        return parse(accepted, self.request.query_params.multi_items(), strict, limits, self.base)
+        self.check_format()
+        strict = strict_handling(self.call.headers.get("prefer"))
+        return parse(accepted, self.call.pairs, strict, self.api.limits, self.base)
 
     def offset(self, path: str, query: Query) -> int:
-        return self.tokens.offset(query.page, self.principal.client_id, path, query.used)
+        return self.api.tokens.offset(query.page, self.principal.client_id, path, query.used)
 
     async def owner(self, rtype: str, rid: str | None) -> str | None:
         if rid is None or not _ID.fullmatch(rid):
             return None
-        async with self.reads.connect() as conn:
-            return await store.owner(conn, rtype, rid)
+        return await self.api.searches.owner(rtype, rid)
 
     async def disclose(
         self, action: str, nhs_number: str, load: Callable[[str], Awaitable[Loaded]]
     ) -> Disclosed:
-        ask = Ask(self.principal.requester, Purpose.DIRECT_CARE.value, action, self.request_id)
-        return await self.services.disclosure.person(ask, nhs_number, load)
+        ask = Ask(self.principal.requester, Purpose.DIRECT_CARE.value, action, self.call.request_id)
+        return await self.api.services.disclosure.person(ask, nhs_number, load)
 
     async def page(
         self, action: str, offset: int, limit: int, nhs_number: str | None, read: PageRead
@@ -135,18 +165,19 @@ class Context:
             return page
 
         async def load(number: str) -> Loaded:
-            async with self.reads.connect() as conn:
-                page.total, page.entries = await read(conn, number, offset, limit)
-            return [stored.triple for stored, _ in page.entries]
+            page.total, page.entries = await read(number, offset, limit)
+            return [(rtype, rid, content) for rtype, rid, content, _ in page.entries]
 
         page.permitted = (await self.disclose(action, nhs_number, load)).permitted
         return page
 
     def links(self, path: str, query: Query, page: Page) -> list[Link]:
+        tokens = self.api.tokens
+
         def at(offset: int) -> str:
             pairs = list(query.used)
             if offset:
-                pairs.append((PAGE, self.tokens.issue(self.principal.client_id, path, query.used, offset)))
+                pairs.append((PAGE, tokens.issue(self.principal.client_id, path, query.used, offset)))
             qs = query_string(pairs)
             return self.base + path + (f"?{qs}" if qs else "")
 
@@ -157,10 +188,9 @@ class Context:
             links.append(("previous", at(max(0, page.offset - query.count))))
         return links
 
-    def searchset(self, path: str, query: Query, page: Page) -> Response:
-        matches = [(*stored.triple, mode) for stored, mode in page.entries]
+    def searchset(self, path: str, query: Query, page: Page) -> bytes:
         outcome = ignored_outcome(query.ignored)
-        return fhir(searchset(self.base, matches, page.total, self.links(path, query, page), outcome))
+        return searchset(self.base, page.entries, page.total, self.links(path, query, page), outcome)
 
 
 def _not_found(rtype: str) -> NotFound:
@@ -168,19 +198,17 @@ def _not_found(rtype: str) -> NotFound:
     return NotFound(f"{rtype} not found")
 
 
-def _matches(mode: str, rows: list[store.Stored]) -> list[Entry]:
-    return [(row, mode) for row in rows]
+def _matches(mode: str, found: list[Found]) -> list[Match]:
+    return [(rtype, rid, content, mode) for rtype, rid, content in found]
 
 
-@router.get(
-    "/Patient",
-    summary="Search Patients by NHS number",
-    openapi_extra=openapi.search(("identifier", openapi.NHS_IDENTIFIER + " (required)")),
-)
-async def search_patients(
-    request: Request, services: ServicesDep, principal: PatientReader, request_id: RequestId
-) -> Response:
-    ctx = Context(request, services, principal, request_id)
+#: The scopes each search needs (the hot path checks them as the routes' dependencies do).
+PATIENT_SEARCH_SCOPES = (PATIENT_READ,)
+CAREPLAN_SEARCH_SCOPES = (CAREPLAN_READ,)
+
+
+async def patient_search(ctx: Context) -> bytes:
+    """``GET /fhir/Patient?identifier=...``: a searchset of the person's Patient (none if withheld)."""
     query = ctx.query(PATIENT_SEARCH)
     if query.person is None:
         raise BadRequest(
@@ -188,14 +216,46 @@ async def search_patients(
             code="required",
         )
     offset = ctx.offset("Patient", query)
+    searches = ctx.api.searches
 
-    async def read(conn: AsyncConnection, number: str, offset: int, limit: int) -> tuple[int, list[Entry]]:
-        found = await store.patient_of(conn, number)
-        rows = [found] if found is not None else []
-        return len(rows), _matches("match", rows[offset : offset + limit])
+    async def read(number: str, offset: int, limit: int) -> tuple[int, list[Match]]:
+        found = await searches.patient(number)
+        return len(found), _matches("match", found[offset : offset + limit])
 
     page = await ctx.page("search", offset, query.count, query.person.nhs_number, read)
     return ctx.searchset("Patient", query, page)
+
+
+async def careplan_search(ctx: Context) -> bytes:
+    """``GET /fhir/CarePlan?subject...``: a searchset of the person's CarePlans (none if withheld)."""
+    query = ctx.query(CAREPLAN_SEARCH)
+    if query.person is None:
+        raise BadRequest("a CarePlan search needs patient, subject or subject:identifier", code="required")
+    if query.include_subject and not ctx.principal.allows(PATIENT_READ):
+        raise Forbidden(f"scope {PATIENT_READ} is required for _include=CarePlan:subject")
+    offset = ctx.offset("CarePlan", query)
+    person = query.person
+    nhs_number = person.nhs_number or await ctx.owner("Patient", person.patient_id)
+    searches = ctx.api.searches
+
+    async def read(number: str, offset: int, limit: int) -> tuple[int, list[Match]]:
+        total, plans = await searches.careplans(number, query.statuses, offset, limit)
+        entries = _matches("match", plans)
+        if query.include_subject and plans:
+            entries += _matches("include", await searches.patient(number))
+        return total, entries
+
+    page = await ctx.page("search", offset, query.count, nhs_number, read)
+    return ctx.searchset("CarePlan", query, page)
+
+
+@router.get(
+    "/Patient",
+    summary="Search Patients by NHS number",
+    openapi_extra=openapi.search(("identifier", openapi.NHS_IDENTIFIER + " (required)")),
+)
+async def search_patients(request: Request, principal: PatientReader, request_id: RequestId) -> Response:
+    return fhir(await patient_search(Context(read_api(request), Call.of(request, principal, request_id))))
 
 
 @router.get(
@@ -209,33 +269,12 @@ async def search_patients(
         ("_include", "CarePlan:subject: add the Patient (needs system/Patient.read)"),
     ),
 )
-async def search_careplans(
-    request: Request, services: ServicesDep, principal: CarePlanReader, request_id: RequestId
-) -> Response:
-    ctx = Context(request, services, principal, request_id)
-    query = ctx.query(CAREPLAN_SEARCH)
-    if query.person is None:
-        raise BadRequest("a CarePlan search needs patient, subject or subject:identifier", code="required")
-    if query.include_subject and not principal.allows(PATIENT_READ):
-        raise Forbidden(f"scope {PATIENT_READ} is required for _include=CarePlan:subject")
-    offset = ctx.offset("CarePlan", query)
-    person = query.person
-    nhs_number = person.nhs_number or await ctx.owner("Patient", person.patient_id)
-
-    async def read(conn: AsyncConnection, number: str, offset: int, limit: int) -> tuple[int, list[Entry]]:
-        total, plans = await store.careplans(conn, number, query.statuses, offset, limit)
-        entries = _matches("match", plans)
-        if query.include_subject and plans:
-            patient = await store.patient_of(conn, number)
-            entries += _matches("include", [patient] if patient is not None else [])
-        return total, entries
-
-    page = await ctx.page("search", offset, query.count, nhs_number, read)
-    return ctx.searchset("CarePlan", query, page)
+async def search_careplans(request: Request, principal: CarePlanReader, request_id: RequestId) -> Response:
+    return fhir(await careplan_search(Context(read_api(request), Call.of(request, principal, request_id))))
 
 
 async def _read(ctx: Context, rtype: str, rid: str, vid: str | None = None) -> Response:
-    check_format(ctx.request)
+    ctx.check_format()
     if vid is not None and not (vid.isascii() and vid.isdigit() and len(vid) < 10):
         raise _not_found(rtype)
     nhs_number = await ctx.owner(rtype, rid)
@@ -244,7 +283,7 @@ async def _read(ctx: Context, rtype: str, rid: str, vid: str | None = None) -> R
     found: list[store.Stored] = []
 
     async def load(number: str) -> Loaded:
-        async with ctx.reads.connect() as conn:
+        async with ctx.api.engine.connect() as conn:
             if vid is None:
                 stored = await store.read_one(conn, rtype, rid, number)
             else:
@@ -255,7 +294,10 @@ async def _read(ctx: Context, rtype: str, rid: str, vid: str | None = None) -> R
     await ctx.disclose("read", nhs_number, load)
     if not found:
         raise _not_found(rtype)
-    return resource_response(ctx.request, found[0].content, found[0].version_id, found[0].last_updated)
+    stored = found[0]
+    return resource_response(
+        ctx.call.headers.get("if-none-match"), stored.content, stored.version_id, stored.last_updated
+    )
 
 
 async def _history(ctx: Context, rtype: str, rid: str) -> Response:
@@ -263,41 +305,37 @@ async def _history(ctx: Context, rtype: str, rid: str) -> Response:
     path = f"{rtype}/{rid}/_history"
     offset = ctx.offset(path, query)
     nhs_number = await ctx.owner(rtype, rid)
+    versions: list[store.Stored] = []
 
-    async def read(conn: AsyncConnection, number: str, offset: int, limit: int) -> tuple[int, list[Entry]]:
-        total, versions = await store.history_page(conn, rtype, rid, number, offset, limit)
-        return total, _matches("history", versions)
+    async def read(number: str, offset: int, limit: int) -> tuple[int, list[Match]]:
+        async with ctx.api.engine.connect() as conn:
+            total, found = await store.history_page(conn, rtype, rid, number, offset, limit)
+        versions.extend(found)
+        return total, _matches("history", [s.triple for s in found])
 
     page = await ctx.page("history", offset, query.count, nhs_number, read)
     if not page.permitted or page.total == 0:
         raise _not_found(rtype)
-    versions = [(s.version_id, s.last_updated, s.content) for s, _ in page.entries]
-    return fhir(history(ctx.base, rtype, rid, versions, page.total, ctx.links(path, query, page)))
+    listed = [(s.version_id, s.last_updated, s.content) for s in versions]
+    return fhir(history(ctx.base, rtype, rid, listed, page.total, ctx.links(path, query, page)))
 
 
 def _instance_routes(rtype: str, scope: str) -> None:
     """read, vread and history of one type, each under the type's read scope."""
     allowed = Depends(require(scope))
 
-    async def read(
-        rid: str, request: Request, services: ServicesDep, request_id: RequestId, who: Principal = allowed
-    ) -> Response:
-        return await _read(Context(request, services, who, request_id), rtype, rid)
+    async def read(rid: str, request: Request, request_id: RequestId, who: Principal = allowed) -> Response:
+        return await _read(Context(read_api(request), Call.of(request, who, request_id)), rtype, rid)
 
     async def vread(
-        rid: str,
-        vid: str,
-        request: Request,
-        services: ServicesDep,
-        request_id: RequestId,
-        who: Principal = allowed,
+        rid: str, vid: str, request: Request, request_id: RequestId, who: Principal = allowed
     ) -> Response:
-        return await _read(Context(request, services, who, request_id), rtype, rid, vid)
+        return await _read(Context(read_api(request), Call.of(request, who, request_id)), rtype, rid, vid)
 
     async def instance_history(
-        rid: str, request: Request, services: ServicesDep, request_id: RequestId, who: Principal = allowed
+        rid: str, request: Request, request_id: RequestId, who: Principal = allowed
     ) -> Response:
-        return await _history(Context(request, services, who, request_id), rtype, rid)
+        return await _history(Context(read_api(request), Call.of(request, who, request_id)), rtype, rid)
 
     name = rtype.lower()
     router.add_api_route(f"/{rtype}/{{rid}}", read, methods=["GET"], name=f"read_{name}")
@@ -316,21 +354,20 @@ _instance_routes("CarePlan", CAREPLAN_READ)
 
 
 @router.get("/Patient/{rid}/$everything", openapi_extra=openapi.search())
-async def everything(
-    rid: str, request: Request, services: ServicesDep, principal: ViewReader, request_id: RequestId
-) -> Response:
+async def everything(rid: str, request: Request, principal: ViewReader, request_id: RequestId) -> Response:
     """The shared care view: the Patient, every source's CarePlans, their Provenance (a searchset)."""
-    ctx = Context(request, services, principal, request_id)
+    ctx = Context(read_api(request), Call.of(request, principal, request_id))
     query = ctx.query(PAGE_ONLY)
     path = f"Patient/{rid}/$everything"
     offset = ctx.offset(path, query)
     nhs_number = await ctx.owner("Patient", rid)
 
-    async def read(conn: AsyncConnection, number: str, offset: int, limit: int) -> tuple[int, list[Entry]]:
-        total, rows = await store.person_page(conn, number, offset, limit)
-        return total, _matches("match", rows)
+    async def read(number: str, offset: int, limit: int) -> tuple[int, list[Match]]:
+        async with ctx.api.engine.connect() as conn:
+            total, rows = await store.person_page(conn, number, offset, limit)
+        return total, _matches("match", [s.triple for s in rows])
 
     page = await ctx.page("everything", offset, query.count, nhs_number, read)
     if not page.permitted:
         raise _not_found("Patient")
-    return ctx.searchset(path, query, page)
+    return fhir(ctx.searchset(path, query, page))

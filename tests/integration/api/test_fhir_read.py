@@ -465,3 +465,61 @@ async def test_nothing_is_released_when_the_log_cannot_be_written(
     response = await api.get(f"/fhir/Patient/{api.id(ALICE)}")
     outcome(response, 503, "transient")
     assert ALICE not in response.text
+
+
+# --- the hot path (gateway.api.hot_path) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"/fhir/Patient?identifier={SYSTEM}|{ALICE}",
+        f"/fhir/CarePlan?subject:identifier={ALICE}&_include=CarePlan:subject&_count=1",
+        f"/fhir/Patient?identifier={OPTED_OUT}",
+        f"/fhir/CarePlan?subject:identifier={ALICE}&unknown=1",
+        "/fhir/Patient?identifier=123",
+        "/fhir/CarePlan",
+    ],
+)
+async def test_the_hot_path_answers_as_the_route_does(api: Api, url: str) -> None:
+    """A search with a body is not the hot path's: the FastAPI route answers it, and must agree."""
+    token, _ = api.app.state.tokens.issue(READER)
+    headers = {"Authorization": f"Bearer {token}"}
+    hot = await api.client.get(url, headers=headers)
+    logged = await api.log_rows()
+    routed = await api.client.request("GET", url, headers=headers, content=b"{}")
+    assert (routed.status_code, routed.json()) == (hot.status_code, hot.json())
+    assert routed.headers["content-type"] == hot.headers["content-type"] == "application/fhir+json"
+    assert await api.log_rows() - logged == (1 if hot.status_code == 200 else 0)
+
+
+async def test_the_hot_path_refuses_as_the_route_does(api: Api) -> None:
+    url = f"/fhir/Patient?identifier={ALICE}"
+    missing = await api.get(url, who=None)
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    wrong_scope = await api.get(url, who=PLANS_ONLY)
+    assert wrong_scope.status_code == 403 and wrong_scope.json()["issue"][0]["code"] == "forbidden"
+    xml = await api.get(url + "&_format=xml")
+    assert xml.status_code == 406
+    routed = await api.client.request("GET", url, content=b"{}", headers={"Authorization": "Basic x"})
+    assert routed.status_code == 401 and routed.json() == missing.json()
+
+
+async def test_the_hot_path_gzips_as_the_app_does(api: Api) -> None:
+    url = f"/fhir/CarePlan?subject:identifier={ALICE}"
+    plain = await api.get(url, **{"Accept-Encoding": "identity"})
+    assert len(plain.content) >= 1000 and "content-encoding" not in plain.headers
+    assert plain.headers["vary"] == "Accept-Encoding"
+    zipped = await api.get(url, **{"Accept-Encoding": "gzip"})
+    assert zipped.headers["content-encoding"] == "gzip" and zipped.json() == plain.json()
+    assert int(zipped.headers["content-length"]) < len(plain.content)
+    small = await api.get(f"/fhir/Patient?identifier={OPTED_OUT}", **{"Accept-Encoding": "gzip"})
+    assert "content-encoding" not in small.headers and "vary" not in small.headers
+
+
+async def test_the_hot_path_names_its_route_in_the_metrics_and_echoes_the_request_id(api: Api) -> None:
+    answer = await api.get(f"/fhir/Patient?identifier={ALICE}", **{"X-Request-ID": "hot-1"})
+    assert answer.headers["x-request-id"] == "hot-1"
+    text = (await api.client.get("/metrics")).text
+    assert 'concord_http_requests_total{method="GET",route="/fhir/Patient",status="2xx"} 1.0' in text
+    assert ALICE not in text

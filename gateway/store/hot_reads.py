@@ -1,0 +1,297 @@
+"""The reads behind every API search, run at the driver: statements compiled once, no engine per call.
+
+A search answers from one or two indexed reads, and a consent decision that is not cached from
+one more. Through SQLAlchemy's async engine each read costs far more than the database spends on
+it: a pool checkout, a greenlet switch, statement caching, and on SQLite two thread handoffs to
+aiosqlite's worker (measured: most of a search's 2.6 ms of CPU, bench/RESULTS.md). These readers
+run the same statements, defined here with SQLAlchemy and compiled once for the store's dialect,
+straight on a driver connection, and convert what comes back with the column types' own result
+processors (a SQLite ``DateTime`` arrives as text and leaves as a ``datetime``):
+
+- ``SqliteReads``: a read-only ``sqlite3`` connection of this process, used on the event loop's
+  thread. WAL mode means a reader never waits for the writer, and an indexed read takes a few
+  microseconds, far less than one handoff to a worker thread.
+- ``PostgresReads``: an asyncpg pool of its own (``CONCORD_SEARCH_POOL_SIZE`` connections, made on
+  first use, so processes that never search open none), asyncpg preparing each statement once
+  per connection.
+- ``EngineReads``: the same reads through the engine, for a store the others cannot open (an
+  in-memory SQLite database lives inside the engine's one connection).
+
+Content reads (``patient``, ``careplans``) are made, like every content read, only from a loader
+handed to ``Disclosure.person`` after a permit; ``owner`` and ``facts`` read no content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql import Select
+
+from consent.model import Facts
+from gateway.settings import Settings
+from gateway.store import search
+from gateway.store.consents import facts_from_rows, read_facts
+from gateway.store.schema import consents, resources
+
+#: One search match: resource type, id, the stored JSON.
+Found = tuple[str, str, bytes]
+
+#: How long a SQLite read waits on a lock (WAL readers wait only while a crashed writer's WAL is
+#: recovered); beyond it the read fails like any other store outage (503).
+SQLITE_BUSY_MS: Final = 2000
+
+
+class HotReads(Protocol):
+    async def owner(self, resource_type: str, rid: str) -> str | None:
+        """The NHS number a current resource belongs to (no content read)."""
+        ...
+
+    async def facts(self, nhs_number: str) -> Facts:
+        """Everything the opt-out register holds for one person (``store.consents.read_facts``)."""
+        ...
+
+    async def patient(self, nhs_number: str) -> list[Found]:
+        """The person's shared Patient (none or one)."""
+        ...
+
+    async def careplans(
+        self, nhs_number: str, statuses: Collection[str], offset: int, limit: int
+    ) -> tuple[int, list[Found]]:
+        """(total, a page) of the person's CarePlans, optionally only those in ``statuses``."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+_C = resources.c
+_FOUND = (_C.resource_type, _C.id, _C.content)
+
+
+def _owner_statement() -> Select[Any]:
+    return select(_C.nhs_number).where(
+        _C.resource_type == bindparam("resource_type"), _C.id == bindparam("rid")
+    )
+
+
+def _facts_statement() -> Select[Any]:
+    return select(consents).where(consents.c.nhs_number == bindparam("nhs_number"))
+
+
+def _patient_statement() -> Select[Any]:
+    return select(*_FOUND).where(_C.nhs_number == bindparam("nhs_number"), _C.resource_type == "Patient")
+
+
+def _careplan_statements(statuses: int) -> tuple[Select[Any], Select[Any]]:
+    """(count, page) as ``store.search.careplan_queries`` builds them, with ``statuses`` status
+    parameters; the page carries the total in each row (a window count, before the limit)."""
+    where = (_C.nhs_number == bindparam("nhs_number")) & (_C.resource_type == "CarePlan")
+    if statuses:
+        where = where & _C.status.in_([bindparam(f"status_{i}") for i in range(statuses)])
+    count = select(func.count()).select_from(resources).where(where)
+    page = (
+        select(*_FOUND, func.count().over())
+        .where(where)
+        .order_by(_C.id)
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
+    )
+    return count, page
+
+
+Row = tuple[Any, ...]
+
+
+class Compiled:
+    """One statement as the driver's SQL text: its parameters in placeholder order, and how to turn
+    a driver row into the values SQLAlchemy would have returned."""
+
+    __slots__ = ("fixed", "keys", "names", "processors", "sql")
+
+    def __init__(self, statement: Select[Any], dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql: str = compiled.string
+        self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
+        #: Literals of the statement (``resource_type = 'Patient'``) are parameters with a value.
+        self.fixed: dict[str, Any] = {k: v for k, v in compiled.params.items() if v is not None}
+        self.keys: tuple[str, ...] = tuple(c.key or "" for c in statement.selected_columns)
+        processors: list[Callable[[Any], Any] | None] = [
+            c.type.dialect_impl(dialect).result_processor(dialect, None) for c in statement.selected_columns
+        ]
+        self.processors = processors if any(processors) else None
+
+    def args(self, values: dict[str, Any]) -> tuple[Any, ...]:
+        fixed = self.fixed
+        return tuple(values[name] if name in values else fixed[name] for name in self.names)
+
+    def rows(self, raw: Sequence[Sequence[Any]]) -> list[Row]:
+        if self.processors is None:
+            return [tuple(r) for r in raw]
+        return [tuple(v if p is None else p(v) for p, v in zip(self.processors, r, strict=True)) for r in raw]
+
+
+class Statements:
+    """Every hot statement compiled for one dialect; CarePlan pages per number of statuses asked."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.owner = Compiled(_owner_statement(), dialect)
+        self.facts = Compiled(_facts_statement(), dialect)
+        self.patient = Compiled(_patient_statement(), dialect)
+        self._careplans: dict[int, tuple[Compiled, Compiled]] = {}
+
+    def careplans(self, statuses: int) -> tuple[Compiled, Compiled]:
+        found = self._careplans.get(statuses)
+        if found is None:
+            count, page = _careplan_statements(statuses)
+            found = self._careplans[statuses] = (Compiled(count, self.dialect), Compiled(page, self.dialect))
+        return found
+
+
+def careplan_values(nhs_number: str, statuses: Collection[str], offset: int, limit: int) -> dict[str, Any]:
+    values: dict[str, Any] = {"nhs_number": nhs_number, "offset": offset, "limit": limit}
+    for i, status in enumerate(sorted(statuses)):
+        values[f"status_{i}"] = status
+    return values
+
+
+def _found(rows: Sequence[Row]) -> list[Found]:
+    return [(r[0], r[1], _bytes(r[2])) for r in rows]
+
+
+def _bytes(content: str | bytes) -> bytes:
+    return content.encode() if isinstance(content, str) else content
+
+
+class DriverReads:
+    """The reads over ``_run`` (a statement and its values to processed rows), for either driver."""
+
+    statements: Statements
+
+    async def _run(self, statement: Compiled, values: dict[str, Any]) -> list[Row]:
+        raise NotImplementedError
+
+    async def owner(self, resource_type: str, rid: str) -> str | None:
+        rows = await self._run(self.statements.owner, {"resource_type": resource_type, "rid": rid})
+        return rows[0][0] if rows else None
+
+    async def facts(self, nhs_number: str) -> Facts:
+        statement = self.statements.facts
+        rows = await self._run(statement, {"nhs_number": nhs_number})
+        return facts_from_rows(nhs_number, [dict(zip(statement.keys, r, strict=True)) for r in rows])
+
+    async def patient(self, nhs_number: str) -> list[Found]:
+        return _found(await self._run(self.statements.patient, {"nhs_number": nhs_number}))
+
+    async def careplans(
+        self, nhs_number: str, statuses: Collection[str], offset: int, limit: int
+    ) -> tuple[int, list[Found]]:
+        count, page = self.statements.careplans(len(statuses))
+        values = careplan_values(nhs_number, statuses, offset, limit)
+        rows = await self._run(page, values) if limit > 0 else []
+        if rows:
+            return rows[0][-1], _found(rows)
+        if offset == 0 and limit > 0:
+            return 0, []  # no page from the start: nothing matches
+        return (await self._run(count, values))[0][0], []
+
+
+class SqliteReads(DriverReads):
+    """The reads on a read-only ``sqlite3`` connection, run on the calling thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.statements = Statements(sqlite_dialect.dialect(paramstyle="qmark"))
+        self.conn = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+        )
+        self.conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+
+    async def _run(self, statement: Compiled, values: dict[str, Any]) -> list[Row]:
+        return statement.rows(self.conn.execute(statement.sql, statement.args(values)).fetchall())
+
+    async def close(self) -> None:
+        self.conn.close()
+
+
+class PostgresReads(DriverReads):
+    """The reads on an asyncpg pool of their own, made on first use."""
+
+    def __init__(self, url: str, schema: str | None, size: int) -> None:
+        self.statements = Statements(PGDialect_asyncpg())  # type: ignore[no-untyped-call]  # $1, $2 ...
+        self.dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        self.server_settings = {"search_path": schema} if schema else None
+        self.size = size
+        self._pool: Any = None
+        self._opening = asyncio.Lock()
+
+    async def _open(self) -> Any:
+        async with self._opening:
+            if self._pool is None:
+                import asyncpg
+
+                self._pool = await asyncpg.create_pool(
+                    self.dsn, min_size=1, max_size=self.size, server_settings=self.server_settings
+                )
+        return self._pool
+
+    async def _run(self, statement: Compiled, values: dict[str, Any]) -> list[Row]:
+        pool = self._pool or await self._open()
+        async with pool.acquire() as conn:
+            raw = await conn.fetch(statement.sql, *statement.args(values))
+        return statement.rows(raw)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+class EngineReads:
+    """The reads through the engine (``store.search``): for stores the driver readers cannot open."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def owner(self, resource_type: str, rid: str) -> str | None:
+        async with self.engine.connect() as conn:
+            return await search.owner(conn, resource_type, rid)
+
+    async def facts(self, nhs_number: str) -> Facts:
+        async with self.engine.connect() as conn:
+            return await read_facts(conn, nhs_number)
+
+    async def patient(self, nhs_number: str) -> list[Found]:
+        async with self.engine.connect() as conn:
+            found = await search.patient_of(conn, nhs_number)
+        return [] if found is None else [found.triple]
+
+    async def careplans(
+        self, nhs_number: str, statuses: Collection[str], offset: int, limit: int
+    ) -> tuple[int, list[Found]]:
+        async with self.engine.connect() as conn:
+            total, plans = await search.careplans(conn, nhs_number, statuses, offset, limit)
+        return total, [p.triple for p in plans]
+
+    async def close(self) -> None:
+        return None
+
+
+def open_hot_reads(settings: Settings, engine: AsyncEngine) -> HotReads:
+    """The fastest reader this store allows (after migrating: SQLite's file must exist). Nothing
+    connects to PostgreSQL until the first read."""
+    path = settings.sqlite_path()
+    if path is not None:
+        return SqliteReads(path)
+    if engine.dialect.name == "postgresql":
+        return PostgresReads(
+            settings.resolved_database_url(), settings.database_schema, settings.search_pool_size
+        )
+    return EngineReads(engine)
