@@ -33,6 +33,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 from redis.asyncio import Redis
@@ -42,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from consent.decide import decide
 from consent.model import Decision, Facts, Reason, Requester, Verdict
 from gateway.fence import FileFence
+from gateway.group_commit import GroupCommit
 from gateway.store.hot_reads import EngineReads, HotReads
 
 log = logging.getLogger(__name__)
@@ -207,6 +209,14 @@ class RedisDecider(StoreDecider):
         self._skip_until = 0.0
         self._store_decision = redis.register_script(_STORE_DECISION)
         self._raise_epoch = redis.register_script(_RAISE_EPOCH)
+        # Lookups in flight share one MGET (measured: a Redis command costs a request ~120 µs of
+        # redis-py's CPU; shared by the dozens in flight, a few µs each).
+        self._lookups: GroupCommit[_Lookup] = GroupCommit(self._look_up, max_batch=256)
+
+    async def _look_up(self, lookups: list[_Lookup]) -> None:
+        found = await self.redis.mget([key for lookup in lookups for key in lookup.keys])
+        for i, lookup in enumerate(lookups):
+            lookup.found = (found[2 * i], found[2 * i + 1])
 
     def _keys(self, nhs_number: str, purpose: str, requester: Requester) -> tuple[str, str]:
         base = f"{self.prefix}{nhs_number}"
@@ -224,7 +234,9 @@ class RedisDecider(StoreDecider):
         redis_ok = self._available()
         if redis_ok:
             try:
-                known, cached = await self.redis.mget(epoch_key, decision_key)
+                lookup = _Lookup((epoch_key, decision_key))
+                await self._lookups.submit(lookup)
+                known, cached = lookup.found
                 if known is not None and cached is not None:
                     hit = _decode(cached)
                     if hit is not None and hit.epoch == int(known):
@@ -274,6 +286,14 @@ class RedisDecider(StoreDecider):
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+@dataclass(slots=True)
+class _Lookup:
+    """One decision's keys (epoch, decision) and, once looked up, their values."""
+
+    keys: tuple[str, str]
+    found: tuple[bytes | str | None, bytes | str | None] = (None, None)
 
 
 def _encode(d: Decision) -> str:

@@ -5,12 +5,13 @@ holds at most ``burst`` tokens and refills at ``rate`` tokens a second; each aut
 (API or console) takes one. A request that finds the bucket empty raises ``Throttled``: 429, an
 OperationOutcome with code ``throttled``, and ``Retry-After`` in whole seconds (rounded up, at least 1).
 
-- ``take`` is the bucket arithmetic, pure. Both kinds of bucket use it; the Lua script mirrors it
-  line for line, and the tests run both over the same cases.
+- ``take`` / ``take_many`` are the bucket arithmetic, pure. Both kinds of bucket use it; the Lua
+  script mirrors ``take_many`` line for line, and the tests run both over the same cases.
 - ``LocalBuckets``: in this process's memory. Without Redis each process keeps its own buckets, so
   under ``concord serve --workers N`` a client may get up to N times the configured rate.
 - ``RedisBuckets`` (``CONCORD_REDIS_URL`` set): a hash ``{prefix}ratelimit:{client id}`` updated by
-  one Lua script, atomically, so every process shares one budget. The caller passes ``now``; the
+  one Lua script, atomically, so every process shares one budget; a process takes a small lease of
+  tokens at a time when the rate is high (``RedisBuckets``). The caller passes ``now``; the
   key expires once an idle bucket would be full anyway (plus a margin), and a missing key is a full
   bucket. When Redis fails the request is checked against this process's ``LocalBuckets`` instead
   and Redis is left alone for ``SKIP_SECONDS``: rate limiting never fails a request because Redis
@@ -78,6 +79,12 @@ class Taken:
 
 def take(held: Bucket | None, now: float, rate: float, burst: int) -> Taken:
     """Refill ``held`` (None: a new, full bucket) up to ``now`` and take one token if there is one."""
+    granted, bucket = take_many(held, now, rate, burst, 1)
+    return Taken(granted > 0, bucket)
+
+
+def take_many(held: Bucket | None, now: float, rate: float, burst: int, want: int) -> tuple[int, Bucket]:
+    """Refill ``held`` up to ``now`` and take up to ``want`` whole tokens: (how many, the bucket after)."""
     if held is None:
         tokens, stamp = float(burst), now
     else:
@@ -87,9 +94,11 @@ def take(held: Bucket | None, now: float, rate: float, burst: int) -> Taken:
             stamp = now
         elif stamp - now > MAX_SKEW_SECONDS:
             stamp = now
+    granted = 0
     if tokens >= ONE_TOKEN:
-        return Taken(True, Bucket(tokens - 1.0, stamp))
-    return Taken(False, Bucket(tokens, stamp))
+        granted = min(want, math.floor(tokens + (1.0 - ONE_TOKEN)))
+        tokens = tokens - granted
+    return granted, Bucket(tokens, stamp)
 
 
 def retry_after(tokens: float, rate: float) -> int:
@@ -117,16 +126,17 @@ class LocalBuckets:
         return taken
 
 
-# The Lua twin of ``take``: same operations in the same order on the same doubles, so both agree to
-# the bit. Numbers travel as "%.17g" strings (a Lua number returned to Redis would be truncated).
-# KEYS[1]: the bucket. ARGV: now, rate, burst, ttl (seconds), ONE_TOKEN, MAX_SKEW_SECONDS.
-# Returns {allowed (0/1), tokens, stamp}.
+# The Lua twin of ``take_many``: same operations in the same order on the same doubles, so both agree
+# to the bit. Numbers travel as "%.17g" strings (a Lua number returned to Redis would be truncated).
+# KEYS[1]: the bucket. ARGV: now, rate, burst, ttl (seconds), ONE_TOKEN, MAX_SKEW_SECONDS, want.
+# Returns {granted, tokens, stamp}.
 TAKE_LUA: Final = """
 local now = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
 local one_token = tonumber(ARGV[5])
 local max_skew = tonumber(ARGV[6])
+local want = tonumber(ARGV[7])
 local held = redis.call('HMGET', KEYS[1], 't', 's')
 local tokens, stamp
 if held[1] and held[2] then
@@ -142,21 +152,40 @@ else
   tokens = burst
   stamp = now
 end
-local allowed = 0
+local granted = 0
 if tokens >= one_token then
-  tokens = tokens - 1
-  allowed = 1
+  granted = math.min(want, math.floor(tokens + (1 - one_token)))
+  tokens = tokens - granted
 end
 local t = string.format('%.17g', tokens)
 local s = string.format('%.17g', stamp)
 redis.call('HSET', KEYS[1], 't', t, 's', s)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-return {allowed, t, s}
+return {granted, t, s}
 """
 
 
+@dataclass(slots=True)
+class Lease:
+    """Tokens this process took from a shared bucket ahead of need, spendable until ``until``."""
+
+    left: int
+    until: float
+    bucket: Bucket
+
+
 class RedisBuckets:
-    """Buckets in Redis shared by every process; this process's ``LocalBuckets`` while Redis fails."""
+    """Buckets in Redis shared by every process; this process's ``LocalBuckets`` while Redis fails.
+
+    A process takes up to ``lease`` tokens at a time (a hundredth of a second's worth of the rate,
+    at most a quarter of the burst, at least one) and spends them before asking again, for at most
+    ``LEASE_SECONDS``; what is left then is dropped. Every token still comes out of the one shared
+    bucket, so no client ever gets more than its rate: at worst a little less, while another
+    process holds tokens it does not use. At the default rates the lease is one token, a Redis call
+    per request; a client allowed thousands a second costs a call per tens of its requests.
+    """
+
+    LEASE_SECONDS: Final = 1.0
 
     def __init__(self, redis: Redis, prefix: str, rate: float, burst: int) -> None:
         self.redis = redis
@@ -164,21 +193,32 @@ class RedisBuckets:
         self.rate = rate
         self.burst = burst
         self.ttl = math.ceil(burst / rate) + TTL_MARGIN_SECONDS
+        self.lease = max(1, min(int(rate / 100), burst // 4))
         self.local = LocalBuckets(rate, burst)
         self._script = redis.register_script(TAKE_LUA)
         self._skip_until = -math.inf
+        self._leases: dict[str, Lease] = {}
 
     def key(self, client: str) -> str:
         return f"{self.prefix}{client}"
 
     async def take(self, client: str, now: float) -> Taken:
+        held = self._leases.get(client)
+        if held is not None and held.left > 0 and held.until > now >= held.until - self.LEASE_SECONDS:
+            held.left -= 1
+            return Taken(True, held.bucket)
         if now >= self._skip_until:
             try:
-                allowed, tokens, stamp = await self._script(
+                granted, tokens, stamp = await self._script(
                     keys=[self.key(client)],
-                    args=[now, self.rate, self.burst, self.ttl, ONE_TOKEN, MAX_SKEW_SECONDS],
+                    args=[now, self.rate, self.burst, self.ttl, ONE_TOKEN, MAX_SKEW_SECONDS, self.lease],
                 )
-                return Taken(bool(allowed), Bucket(float(tokens), float(stamp)))
+                bucket = Bucket(float(tokens), float(stamp))
+                if granted > 1:
+                    self._leases[client] = Lease(int(granted) - 1, now + self.LEASE_SECONDS, bucket)
+                else:
+                    self._leases.pop(client, None)
+                return Taken(granted > 0, bucket)
             except REDIS_ERRORS as exc:
                 self._skip_until = now + SKIP_SECONDS
                 log.warning(

@@ -19,7 +19,18 @@ from redis.asyncio import Redis
 from gateway.api.metrics import Metrics, metrics_of
 from gateway.api.outcome import Throttled
 from gateway.api.principal import Principal, Role
-from gateway.api.ratelimit import SKIP_SECONDS, Bucket, RateLimiter, RedisBuckets, build_limiter, take
+from gateway.api.ratelimit import (
+    MAX_SKEW_SECONDS,
+    ONE_TOKEN,
+    SKIP_SECONDS,
+    TAKE_LUA,
+    Bucket,
+    RateLimiter,
+    RedisBuckets,
+    build_limiter,
+    take,
+    take_many,
+)
 from gateway.bootstrap import bootstrap
 from gateway.settings import Settings
 
@@ -106,6 +117,64 @@ async def test_two_processes_share_one_budget(prefix: str) -> None:
         with pytest.raises(Throttled) as refused:
             await worker_a.admit(CLIENT_A)
         assert refused.value.headers == {"Retry-After": "1"}
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("want", [1, 3, 40])
+async def test_the_lua_script_takes_many_as_the_pure_function_does(
+    redis: Redis, prefix: str, want: int
+) -> None:
+    script = redis.register_script(TAKE_LUA)
+    key = f"{prefix}many"
+    for held, now, rate, burst in [*((c.held, c.now, c.rate, c.burst) for c in CASES), *AWKWARD]:
+        await redis.delete(key)
+        if held is not None:
+            await redis.hset(key, mapping={"t": repr(held.tokens), "s": repr(held.stamp)})
+        granted, tokens, stamp = await script(
+            keys=[key], args=[now, rate, burst, 60, ONE_TOKEN, MAX_SKEW_SECONDS, want]
+        )
+        assert (granted, Bucket(float(tokens), float(stamp))) == take_many(held, now, rate, burst, want)
+
+
+@pytest.mark.redis
+async def test_leases_cut_redis_calls_and_never_admit_more_than_the_shared_budget(prefix: str) -> None:
+    """At 1,000 a second a process takes ten tokens per call; two such processes together admit
+    exactly the burst from a full bucket, and a lease is spent without a call to Redis."""
+    clock = FakeClock()
+    first, second = connect(), connect()
+    try:
+        buckets_a, buckets_b = (
+            RedisBuckets(first, prefix, 1000.0, 100),
+            RedisBuckets(second, prefix, 1000.0, 100),
+        )
+        assert buckets_a.lease == 10
+        worker_a, worker_b = (
+            RateLimiter(buckets_a, 1000.0, clock=clock),
+            RateLimiter(buckets_b, 1000.0, clock=clock),
+        )
+        await worker_a.admit(CLIENT_A)
+        assert float(await first.hget(buckets_a.key(CLIENT_A.client_id), "t")) == 90.0, "one call, ten tokens"
+        admitted = 1
+        for _ in range(200):
+            for worker in (worker_a, worker_b):
+                try:
+                    await worker.admit(CLIENT_A)
+                    admitted += 1
+                except Throttled:
+                    pass
+        assert admitted == 100
+        clock.advance(0.005)  # five tokens come back to the bucket
+        await worker_b.admit(CLIENT_A)  # takes all five: one now, four on lease
+        key = buckets_b.key(CLIENT_A.client_id)
+        before = await second.hget(key, "t")
+        for _ in range(4):
+            await worker_b.admit(CLIENT_A)
+        assert await second.hget(key, "t") == before, "the lease is spent without asking Redis"
+        with pytest.raises(Throttled):
+            await worker_b.admit(CLIENT_A)
     finally:
         await first.aclose()
         await second.aclose()

@@ -8,7 +8,7 @@ from bucket_cases import CASES, T0, Case, FakeClock
 from gateway.api.metrics import Metrics
 from gateway.api.outcome import Throttled
 from gateway.api.principal import Principal, Role
-from gateway.api.ratelimit import Bucket, LocalBuckets, RateLimiter, retry_after, take
+from gateway.api.ratelimit import Bucket, LocalBuckets, RateLimiter, retry_after, take, take_many
 
 CLIENT_A = Principal("epr-a", "Community EPR", "RAT", Role.PROVIDER, frozenset({"system/*.read"}))
 CLIENT_B = Principal("gp-feed", "GP feed", "Y90001", Role.SOURCE, frozenset({"system/*.write"}), "gp")
@@ -108,3 +108,11 @@ async def test_retry_after_counts_the_wait_for_a_slow_rate() -> None:
     assert refused.value.headers["Retry-After"] == "1"
     clock.advance(0.1)
     await limits.admit(CLIENT_A)
+
+
+def test_take_many_grants_what_whole_tokens_there_are() -> None:
+    assert take_many(None, T0, 2.0, 5, 3) == (3, Bucket(2.0, T0))
+    assert take_many(Bucket(2.5, T0), T0, 2.0, 5, 10) == (2, Bucket(0.5, T0))
+    assert take_many(Bucket(0.5, T0), T0, 2.0, 5, 10) == (0, Bucket(0.5, T0))
+    # Within a rounding error of a whole token counts as one, as for ``take``.
+    assert take_many(Bucket(1.9999999999, T0), T0, 2.0, 5, 10)[0] == 2
