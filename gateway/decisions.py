@@ -212,6 +212,14 @@ class RedisDecider(StoreDecider):
         # Lookups in flight share one MGET (measured: a Redis command costs a request ~120 µs of
         # redis-py's CPU; shared by the dozens in flight, a few µs each).
         self._lookups: GroupCommit[_Lookup] = GroupCommit(self._look_up, max_batch=256)
+        # Likewise decisions being cached share one pipeline (each script still checks its own epoch).
+        self._stores: GroupCommit[_Store] = GroupCommit(self._store_all, max_batch=256)
+
+    async def _store_all(self, stores: list[_Store]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for store in stores:
+                await self._store_decision(keys=list(store.keys), args=list(store.args), client=pipe)
+            await pipe.execute()
 
     async def _look_up(self, lookups: list[_Lookup]) -> None:
         found = await self.redis.mget([key for lookup in lookups for key in lookup.keys])
@@ -251,9 +259,10 @@ class RedisDecider(StoreDecider):
             life_ms = int((self.ttl - (time.monotonic() - read_at)) * 1000)
             if life_ms > 0:
                 try:
-                    await self._store_decision(
-                        keys=[epoch_key, decision_key],
-                        args=[facts.epoch, _encode(decision), life_ms, EPOCH_TTL],
+                    await self._stores.submit(
+                        _Store(
+                            (epoch_key, decision_key), (facts.epoch, _encode(decision), life_ms, EPOCH_TTL)
+                        )
                     )
                 except REDIS_ERRORS:
                     self._failed()
@@ -294,6 +303,14 @@ class _Lookup:
 
     keys: tuple[str, str]
     found: tuple[bytes | str | None, bytes | str | None] = (None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Store:
+    """One decision to cache: the script's keys (epoch, decision) and arguments."""
+
+    keys: tuple[str, str]
+    args: tuple[int, str, int, int]
 
 
 def _encode(d: Decision) -> str:

@@ -4,7 +4,9 @@ Every change follows the same steps: lock the log's head (which also orders
 concurrent changes), read the person's facts, write the Consent, append the
 log entry, commit; then tell the decision caches (``Decider.changed``) and only
 then return. Once a method here returns, no process serves or publishes data
-its change forbids.
+its change forbids. Opt-outs and withdrawals requested at the same time share
+one transaction (group commit): each is still made in order, on the facts the
+ones before it left.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from consent.model import Authority, Facts, OptOut, OptOutKind, Requester
 from consent.resource import consent_resource
 from gateway.audit.log import AuditLog
 from gateway.decisions import Decider
+from gateway.group_commit import GroupCommit
 from gateway.store.audit import Head, lock_head
 from gateway.store.consents import (
     consent_resources,
@@ -85,6 +88,17 @@ class ImportReport:
         }
 
 
+#: One change's work inside the register's transaction: (the head after it, the people it changed
+#: with their new epochs, what it reports to its caller).
+Record = Callable[[AsyncConnection, Head], Awaitable[tuple[Head, dict[str, int], list[Change]]]]
+
+
+@dataclass(slots=True)
+class _Queued:
+    record: Record
+    changes: list[Change] = field(default_factory=list)
+
+
 class ConsentRegister:
     def __init__(
         self,
@@ -103,6 +117,10 @@ class ConsentRegister:
         self.clock = clock
         #: Called after each change commits and the caches know (wakes publishers to retract).
         self.on_commit: Callable[[], Awaitable[None]] | None = None
+        # Opt-outs and withdrawals made at once share a transaction (``_commit_changes``): on SQLite
+        # every writer, the publisher included, queues for one write lock, and a change held it for
+        # about 5 ms on its own (measured: at 200 changes/s the lock was never free).
+        self._changes: GroupCommit[_Queued] = GroupCommit(self._commit_changes, max_batch=100)
 
     async def facts(self, nhs_number: str) -> Facts:
         async with self.engine.connect() as conn:
@@ -124,11 +142,11 @@ class ConsentRegister:
     ) -> Change:
         """Record an opt-out; a second one of the same kind while one is in force changes nothing."""
         number = nhs.normalise(nhs_number)
-        async with self.engine.begin() as conn:
-            head = await lock_head(conn)
+
+        async def record(conn: AsyncConnection, head: Head) -> tuple[Head, dict[str, int], list[Change]]:
             existing = (await read_facts(conn, number)).active(kind)
             if existing is not None:
-                return Change(existing, "opt-out", False)
+                return head, {}, [Change(existing, "opt-out", False)]
             opt_out = OptOut(
                 id=uuid.uuid4().hex,
                 nhs_number=number,
@@ -140,10 +158,9 @@ class ConsentRegister:
                 source=source,
             )
             head, epochs = await self._record(conn, head, [(opt_out, 0)], actor, request_id)
-        await self.decider.changed(epochs)
-        if self.on_commit is not None:
-            await self.on_commit()
-        return Change(opt_out, "opt-out", True)
+            return head, epochs, [Change(opt_out, "opt-out", True)]
+
+        return (await self._change(record))[0]
 
     async def withdraw(
         self,
@@ -155,25 +172,43 @@ class ConsentRegister:
     ) -> list[Change]:
         """Withdraw the person's opt-outs in force (of ``kind``, or all). Empty when none was in force."""
         number = nhs.normalise(nhs_number)
-        async with self.engine.begin() as conn:
-            head = await lock_head(conn)
+
+        async def record(conn: AsyncConnection, head: Head) -> tuple[Head, dict[str, int], list[Change]]:
             facts = await read_facts(conn, number)
             now = self.clock()
             pending = [
-                (
-                    o.withdrawn(now, actor.client_id, authority),
-                    await version_of(conn, o.id),
-                )
+                (o.withdrawn(now, actor.client_id, authority), await version_of(conn, o.id))
                 for o in facts.opt_outs
                 if o.active and (kind is None or o.kind is kind)
             ]
             if not pending:
-                return []
+                return head, {}, []
             head, epochs = await self._record(conn, head, pending, actor, request_id)
-        await self.decider.changed(epochs)
-        if self.on_commit is not None:
-            await self.on_commit()
-        return [Change(o, "withdraw", True) for o, _ in pending]
+            return head, epochs, [Change(o, "withdraw", True) for o, _ in pending]
+
+        return await self._change(record)
+
+    async def _change(self, record: Record) -> list[Change]:
+        """Run ``record`` in the register's next transaction (shared with changes made meanwhile);
+        return its changes once they are committed and every decision cache knows of them."""
+        change = _Queued(record)
+        await self._changes.submit(change)
+        return change.changes
+
+    async def _commit_changes(self, queued: list[_Queued]) -> None:
+        """One transaction for every change queued: one lock of the log's head, one commit. Each
+        change reads what the ones before it in the batch wrote (a person changed twice in one
+        batch is changed in order). Then the caches are told of all of them before any returns."""
+        epochs: dict[str, int] = {}
+        async with self.engine.begin() as conn:
+            head = await lock_head(conn)
+            for change in queued:
+                head, changed, change.changes = await change.record(conn, head)
+                epochs.update(changed)
+        if epochs:
+            await self.decider.changed(epochs)
+            if self.on_commit is not None:
+                await self.on_commit()
 
     async def import_numbers(
         self,

@@ -6,6 +6,7 @@ same transaction; a request that changes nothing must write nothing.
 
 from __future__ import annotations
 
+import asyncio
 import io
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.gp import GpAdapter
 from consent.chain import Kind
-from consent.model import Authority, OptOutKind, Reason, Requester
+from consent.model import Authority, OptOutKind, Reason, Requester, RequesterKind
 from gateway.bootstrap import Services
 from gateway.cli.common import operator
 from gateway.disclosure import Ask, Disclosed
@@ -497,3 +498,38 @@ async def test_a_later_extract_withdraws_a_removed_code_and_follows_a_changed_on
         unknown = (await quality_report(conn)).unknown_codes
     # The unknown code met twice (C's row, then D's) is counted twice.
     assert [u.occurrences for u in unknown if UNKNOWN_CODE in u.detail] == [2]
+
+
+async def test_changes_made_at_once_share_a_transaction_and_apply_in_order(services: Services) -> None:
+    """Concurrent requests are group-committed; each still sees what the ones before it wrote."""
+    who = actor(services)
+    register = services.register
+    commits: list[int] = []
+    inner = register._commit_changes
+
+    async def counted(queued: list[Any]) -> None:
+        commits.append(len(queued))
+        await inner(queued)
+
+    register._changes.commit = counted
+    first, second, third, other = await asyncio.gather(
+        register.opt_out(A, OptOutKind.LOCAL, Authority.LETTER, who, "r1"),
+        register.withdraw(A, None, Authority.LETTER, who, "r2"),
+        register.opt_out(A, OptOutKind.LOCAL, Authority.LETTER, who, "r3"),
+        register.opt_out(B, OptOutKind.LOCAL, Authority.LETTER, who, "r4"),
+    )
+    assert commits == [4], "one transaction for the four"
+    assert first.changed and third.changed and other.changed
+    assert [c.action for c in second] == ["withdraw"] and second[0].opt_out.id == first.opt_out.id
+    facts = await register.facts(A)
+    assert [o.id for o in facts.opt_outs if o.active] == [third.opt_out.id]
+    rows = await log_rows(services.engine)
+    assert [(r["action"], r["request_id"]) for r in rows] == [
+        ("opt-out", "r1"),
+        ("withdraw", "r2"),
+        ("opt-out", "r3"),
+        ("opt-out", "r4"),
+    ]
+    provider = Requester(RequesterKind.PROVIDER, "RAT", "community-epr")
+    decision = await services.decider.decide(A, "direct-care", provider)
+    assert (decision.permitted, decision.reason) == (False, Reason.LOCAL_OPT_OUT)

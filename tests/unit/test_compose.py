@@ -28,6 +28,7 @@ from sqlalchemy.pool import QueuePool
 from gateway.cli import cli
 from gateway.settings import Settings
 from gateway.store.database import create_engine
+from gateway.store.hot_reads import PostgresReads, open_hot_reads
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -187,11 +188,15 @@ def test_the_database_is_on_a_declared_volume_and_redis_keeps_nothing(
 
 
 def most_connections_per_process() -> int:
-    """What one concord process may hold open on PostgreSQL: its pool's size plus overflow."""
-    engine = create_engine(Settings(database_url="postgresql://concord@postgres:5432/concord"))
+    """What one concord process may hold open on PostgreSQL: its engine pool's size plus overflow, and
+    the driver pool of its hot reads (``store.hot_reads``: opened by the first search or decision)."""
+    settings = Settings(database_url="postgresql://concord@postgres:5432/concord")
+    engine = create_engine(settings)
     pool = engine.sync_engine.pool
     assert isinstance(pool, QueuePool)
-    return pool.size() + pool._max_overflow
+    reads = open_hot_reads(settings, engine)
+    assert isinstance(reads, PostgresReads)
+    return pool.size() + pool._max_overflow + reads.size
 
 
 def option(command: list[str], pattern: str) -> int:
