@@ -242,6 +242,16 @@ def _patients_statement() -> Select[Any]:
     return select(_C.nhs_number, *_FOUND).where(_C.nhs_number == _numbers(), _C.resource_type == "Patient")
 
 
+def _careplans_statement() -> Select[Any]:
+    """Every CarePlan of everyone in ``numbers`` (NHS number, status, then the found columns), in id
+    order: a person holds a handful, so a page is cut from them here rather than by the server."""
+    return (
+        select(_C.nhs_number, _C.status, *_FOUND)
+        .where(_C.nhs_number == _numbers(), _C.resource_type == "CarePlan")
+        .order_by(_C.nhs_number, _C.id)
+    )
+
+
 def _facts_many_statement() -> Select[Any]:
     return select(consents).where(consents.c.nhs_number == _numbers())
 
@@ -249,9 +259,10 @@ def _facts_many_statement() -> Select[Any]:
 class PostgresReads(DriverReads):
     """The reads on an asyncpg pool of their own, made on first use.
 
-    Patients and register facts asked for at the same moment (the searches and decisions in flight)
-    are read together: one statement for all of them (``nhs_number = ANY($1)``), then shared out.
-    A round trip through asyncpg costs a request more CPU than the read costs the server.
+    Patients, CarePlans and register facts asked for at the same moment (the searches and decisions
+    in flight) are read together: one statement for all of them (``nhs_number = ANY($1)``), then
+    shared out, and a CarePlan page is cut from the person's plans here. A round trip through
+    asyncpg costs a request more CPU than the read costs the server.
     """
 
     def __init__(self, url: str, schema: str | None, size: int) -> None:
@@ -259,8 +270,10 @@ class PostgresReads(DriverReads):
         dialect = self.statements.dialect
         self._patients_of = Compiled(_patients_statement(), dialect)
         self._facts_of = Compiled(_facts_many_statement(), dialect)
+        self._careplans_of = Compiled(_careplans_statement(), dialect)
         self._patients: GroupCommit[_Wanted] = GroupCommit(self._read_patients, max_batch=256)
         self._facts: GroupCommit[_Wanted] = GroupCommit(self._read_facts, max_batch=256)
+        self._careplans: GroupCommit[_Wanted] = GroupCommit(self._read_careplans, max_batch=256)
         self.dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
         self.server_settings = {"search_path": schema} if schema else None
         self.size = size
@@ -280,6 +293,17 @@ class PostgresReads(DriverReads):
 
     async def _read_facts(self, wanted: list[_Wanted]) -> None:
         await self._read_many(self._facts_of, wanted, self._facts_of.keys.index("nhs_number"))
+
+    async def _read_careplans(self, wanted: list[_Wanted]) -> None:
+        await self._read_many(self._careplans_of, wanted, 0)
+
+    async def careplans(
+        self, nhs_number: str, statuses: Collection[str], offset: int, limit: int
+    ) -> tuple[int, list[Found]]:
+        want = _Wanted(nhs_number)
+        await self._careplans.submit(want)
+        matching = [r[2:] for r in want.rows if not statuses or r[1] in statuses]
+        return len(matching), _found(matching[offset : offset + limit])
 
     async def patient(self, nhs_number: str) -> list[Found]:
         want = _Wanted(nhs_number)
