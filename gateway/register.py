@@ -88,9 +88,20 @@ class ImportReport:
         }
 
 
-#: One change's work inside the register's transaction: (the head after it, the people it changed
-#: with their new epochs, what it reports to its caller).
-Record = Callable[[AsyncConnection, Head], Awaitable[tuple[Head, dict[str, int], list[Change]]]]
+@dataclass(slots=True)
+class _Staged:
+    """Changes written in this transaction whose log entries and outbox rows are still to be added:
+    ``seq`` is the log sequence the last of them will have."""
+
+    seq: int
+    entries: list[Entry] = field(default_factory=list)
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+    epochs: dict[str, int] = field(default_factory=dict)
+
+
+#: One change's work inside the register's transaction: it writes its Consents (staging their log
+#: entries and outbox rows) and returns what it reports to its caller.
+Record = Callable[[AsyncConnection, _Staged], Awaitable[list[Change]]]
 
 
 @dataclass(slots=True)
@@ -143,10 +154,10 @@ class ConsentRegister:
         """Record an opt-out; a second one of the same kind while one is in force changes nothing."""
         number = nhs.normalise(nhs_number)
 
-        async def record(conn: AsyncConnection, head: Head) -> tuple[Head, dict[str, int], list[Change]]:
+        async def record(conn: AsyncConnection, staged: _Staged) -> list[Change]:
             existing = (await read_facts(conn, number)).active(kind)
             if existing is not None:
-                return head, {}, [Change(existing, "opt-out", False)]
+                return [Change(existing, "opt-out", False)]
             opt_out = OptOut(
                 id=uuid.uuid4().hex,
                 nhs_number=number,
@@ -157,8 +168,8 @@ class ConsentRegister:
                 recorded_at=self.clock(),
                 source=source,
             )
-            head, epochs = await self._record(conn, head, [(opt_out, 0)], actor, request_id)
-            return head, epochs, [Change(opt_out, "opt-out", True)]
+            await self._stage(conn, staged, [(opt_out, 0)], actor, request_id)
+            return [Change(opt_out, "opt-out", True)]
 
         return (await self._change(record))[0]
 
@@ -173,7 +184,7 @@ class ConsentRegister:
         """Withdraw the person's opt-outs in force (of ``kind``, or all). Empty when none was in force."""
         number = nhs.normalise(nhs_number)
 
-        async def record(conn: AsyncConnection, head: Head) -> tuple[Head, dict[str, int], list[Change]]:
+        async def record(conn: AsyncConnection, staged: _Staged) -> list[Change]:
             facts = await read_facts(conn, number)
             now = self.clock()
             pending = [
@@ -182,9 +193,9 @@ class ConsentRegister:
                 if o.active and (kind is None or o.kind is kind)
             ]
             if not pending:
-                return head, {}, []
-            head, epochs = await self._record(conn, head, pending, actor, request_id)
-            return head, epochs, [Change(o, "withdraw", True) for o, _ in pending]
+                return []
+            await self._stage(conn, staged, pending, actor, request_id)
+            return [Change(o, "withdraw", True) for o, _ in pending]
 
         return await self._change(record)
 
@@ -199,12 +210,13 @@ class ConsentRegister:
         """One transaction for every change queued: one lock of the log's head, one commit. Each
         change reads what the ones before it in the batch wrote (a person changed twice in one
         batch is changed in order). Then the caches are told of all of them before any returns."""
-        epochs: dict[str, int] = {}
         async with self.engine.begin() as conn:
             head = await lock_head(conn)
+            staged = _Staged(head.seq)
             for change in queued:
-                head, changed, change.changes = await change.record(conn, head)
-                epochs.update(changed)
+                change.changes = await change.record(conn, staged)
+            await self._flush(conn, head, staged)
+        epochs = staged.epochs
         if epochs:
             await self.decider.changed(epochs)
             if self.on_commit is not None:
@@ -398,22 +410,33 @@ class ConsentRegister:
         actor: Requester,
         request_id: str,
     ) -> tuple[Head, dict[str, int]]:
-        """Write each opt-out (version 0: new) and its log entry under the held head lock."""
+        """Write each opt-out (version 0: new), its log entry and outbox row under the held head lock."""
+        staged = _Staged(head.seq)
+        await self._stage(conn, staged, pending, actor, request_id)
+        return await self._flush(conn, head, staged), staged.epochs
+
+    async def _stage(
+        self,
+        conn: AsyncConnection,
+        staged: _Staged,
+        pending: Sequence[tuple[OptOut, int]],
+        actor: Requester,
+        request_id: str,
+    ) -> None:
+        """Write each opt-out's Consent (version 0: new) and stage its log entry and outbox row."""
         at = timestamp(self.clock())
-        entries: list[Entry] = []
-        epochs: dict[str, int] = {}
-        seq = head.seq
+        now = self.clock()
         for opt_out, version in pending:
-            seq += 1
+            staged.seq += 1
             content = consent_resource(
                 opt_out, self.ids.patient(opt_out.nhs_number), self.policy_uri, version + 1, at
             )
             if version == 0:
-                await insert_opt_out(conn, opt_out, seq, content)
+                await insert_opt_out(conn, opt_out, staged.seq, content)
             else:
-                await save_withdrawal(conn, opt_out, seq, version + 1, content)
-            epochs[opt_out.nhs_number] = seq
-            entries.append(
+                await save_withdrawal(conn, opt_out, staged.seq, version + 1, content)
+            staged.epochs[opt_out.nhs_number] = staged.seq
+            staged.entries.append(
                 Entry(
                     at=at,
                     kind=Kind.CONSENT_CHANGE,
@@ -428,21 +451,23 @@ class ConsentRegister:
                     detail=detail(kind=opt_out.kind.value, source=opt_out.source, version=version + 1),
                 )
             )
-        head = await self.log.append_locked(conn, head, entries)
-        # The publisher hears of every change in the same transaction: an opt-out retracts what the
-        # HIE holds for the person, a withdrawal republishes it.
-        now = self.clock()
-        await conn.execute(
-            outbox.insert(),
-            [
+            # The publisher hears of every change in the same transaction: an opt-out retracts what
+            # the HIE holds for the person, a withdrawal republishes it.
+            staged.outbox.append(
                 {
-                    "nhs_number": o.nhs_number,
+                    "nhs_number": opt_out.nhs_number,
                     "resource_type": "Consent",
-                    "resource_id": o.id,
+                    "resource_id": opt_out.id,
                     "version_id": version + 1,
                     "created_at": now,
                 }
-                for o, version in pending
-            ],
-        )
-        return head, epochs
+            )
+
+    async def _flush(self, conn: AsyncConnection, head: Head, staged: _Staged) -> Head:
+        """Append the staged log entries (their sequence numbers are the ones staged) and outbox rows."""
+        if not staged.entries:
+            return head
+        head = await self.log.append_locked(conn, head, staged.entries)
+        assert head.seq == staged.seq, "the log's head moved while the head lock was held"
+        await conn.execute(outbox.insert(), staged.outbox)
+        return head

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Row, Select, select, update
+from sqlalchemy import Row, Select, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consent.chain import ENTRY_FIELDS, Checkpoint, Entry, StoredEntry, chained_rows
@@ -27,11 +27,23 @@ class Head:
     checkpoint_seq: int
 
 
+# Built once (building a statement per append cost more than running it).
+_TAKE_HEAD = update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq)
+_READ_HEAD = select(audit_head.c.seq, audit_head.c.entry_hash, audit_head.c.checkpoint_seq).where(
+    audit_head.c.id == 1
+)
+_MOVE_HEAD = (
+    update(audit_head)
+    .where(audit_head.c.id == 1)
+    .values(seq=bindparam("new_seq"), entry_hash=bindparam("new_hash"))
+)
+
+
 async def lock_head(conn: AsyncConnection) -> Head:
     """Take the append lock (held until the transaction ends) and read the chain's head."""
-    await conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq))
-    row = (await conn.execute(select(audit_head).where(audit_head.c.id == 1))).mappings().one()
-    return Head(row["seq"], row["entry_hash"], row["checkpoint_seq"])
+    await conn.execute(_TAKE_HEAD)
+    seq, entry_hash, checkpoint_seq = (await conn.execute(_READ_HEAD)).one()
+    return Head(seq, entry_hash, checkpoint_seq)
 
 
 async def append_entries(conn: AsyncConnection, head: Head, entries: Sequence[Entry]) -> Head:
@@ -48,9 +60,7 @@ async def append_entries(conn: AsyncConnection, head: Head, entries: Sequence[En
         # than the hashing (bench/RESULTS.md). The statement is fixed text, the values bound parameters.
         await conn.exec_driver_sql(_insert_sql(conn.dialect.paramstyle), rows)
     head = Head(head.seq + len(rows), last.hex(), head.checkpoint_seq)
-    await conn.execute(
-        update(audit_head).where(audit_head.c.id == 1).values(seq=head.seq, entry_hash=head.entry_hash)
-    )
+    await conn.execute(_MOVE_HEAD, {"new_seq": head.seq, "new_hash": head.entry_hash})
     return head
 
 

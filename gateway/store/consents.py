@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import RowMapping, func, select, update
+from sqlalchemy import RowMapping, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consent.model import Authority, Facts, OptOut, OptOutKind
@@ -42,7 +42,7 @@ def opt_out_from_row(r: Mapping[Any, Any]) -> OptOut:
 
 async def read_facts(conn: AsyncConnection, nhs_number: str) -> Facts:
     """Everything the register holds for one person, with their epoch (0: never changed)."""
-    rows = (await conn.execute(select(consents).where(consents.c.nhs_number == nhs_number))).mappings().all()
+    rows = (await conn.execute(_FACTS, {"nhs_number": nhs_number})).mappings().all()
     return facts_from_rows(nhs_number, rows)
 
 
@@ -105,51 +105,75 @@ async def find_by_source_ref(conn: AsyncConnection, refs: Iterable[str]) -> dict
     return out
 
 
+# The register's statements are built once: SQLAlchemy caches a statement's compiled form, but
+# building one (``.values(...)``, ``==``) on every change cost more than running it (measured).
+_INSERT = consents.insert()
+_WITHDRAW = (
+    update(consents)
+    .where(consents.c.id == bindparam("consent_id"))
+    .values(
+        status="withdrawn",
+        withdrawn_at=bindparam("withdrawn_at"),
+        withdrawn_by=bindparam("withdrawn_by"),
+        withdrawal_authority=bindparam("withdrawal_authority"),
+        change_seq=bindparam("change_seq"),
+        version_id=bindparam("version_id"),
+        content=bindparam("content"),
+    )
+)
+_VERSION = select(consents.c.version_id).where(consents.c.id == bindparam("consent_id"))
+_FACTS = select(consents).where(consents.c.nhs_number == bindparam("nhs_number"))
+
+
 async def insert_opt_out(
     conn: AsyncConnection, opt_out: OptOut, change_seq: int, content: dict[str, Any]
 ) -> None:
     await conn.execute(
-        consents.insert().values(
-            id=opt_out.id,
-            nhs_number=opt_out.nhs_number,
-            kind=opt_out.kind.value,
-            status="active" if opt_out.active else "withdrawn",
-            authority=opt_out.authority.value,
-            source=opt_out.source,
-            source_ref=opt_out.source_ref,
-            recorded_by=opt_out.recorded_by,
-            recorded_by_ods=opt_out.recorded_by_ods,
-            recorded_at=opt_out.recorded_at,
-            withdrawn_at=opt_out.withdrawn_at,
-            withdrawn_by=opt_out.withdrawn_by,
-            withdrawal_authority=opt_out.withdrawal_authority.value if opt_out.withdrawal_authority else None,
-            change_seq=change_seq,
-            version_id=1,
-            content=orjson.dumps(content).decode(),
-        )
+        _INSERT,
+        {
+            "id": opt_out.id,
+            "nhs_number": opt_out.nhs_number,
+            "kind": opt_out.kind.value,
+            "status": "active" if opt_out.active else "withdrawn",
+            "authority": opt_out.authority.value,
+            "source": opt_out.source,
+            "source_ref": opt_out.source_ref,
+            "recorded_by": opt_out.recorded_by,
+            "recorded_by_ods": opt_out.recorded_by_ods,
+            "recorded_at": opt_out.recorded_at,
+            "withdrawn_at": opt_out.withdrawn_at,
+            "withdrawn_by": opt_out.withdrawn_by,
+            "withdrawal_authority": _authority(opt_out),
+            "change_seq": change_seq,
+            "version_id": 1,
+            "content": orjson.dumps(content).decode(),
+        },
     )
+
+
+def _authority(opt_out: OptOut) -> str | None:
+    return opt_out.withdrawal_authority.value if opt_out.withdrawal_authority else None
 
 
 async def save_withdrawal(
     conn: AsyncConnection, opt_out: OptOut, change_seq: int, version_id: int, content: dict[str, Any]
 ) -> None:
     await conn.execute(
-        update(consents)
-        .where(consents.c.id == opt_out.id)
-        .values(
-            status="withdrawn",
-            withdrawn_at=opt_out.withdrawn_at,
-            withdrawn_by=opt_out.withdrawn_by,
-            withdrawal_authority=opt_out.withdrawal_authority.value if opt_out.withdrawal_authority else None,
-            change_seq=change_seq,
-            version_id=version_id,
-            content=orjson.dumps(content).decode(),
-        )
+        _WITHDRAW,
+        {
+            "consent_id": opt_out.id,
+            "withdrawn_at": opt_out.withdrawn_at,
+            "withdrawn_by": opt_out.withdrawn_by,
+            "withdrawal_authority": _authority(opt_out),
+            "change_seq": change_seq,
+            "version_id": version_id,
+            "content": orjson.dumps(content).decode(),
+        },
     )
 
 
 async def version_of(conn: AsyncConnection, consent_id: str) -> int:
-    value = (await conn.execute(select(consents.c.version_id).where(consents.c.id == consent_id))).scalar()
+    value = (await conn.execute(_VERSION, {"consent_id": consent_id})).scalar()
     return int(value or 0)
 
 
