@@ -103,7 +103,7 @@ async def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Servi
         log,
         decider,
         register,
-        Disclosure(reader(engine), decider, log),
+        Disclosure(reader(engine), decider, log, reads=reads),
         signal,
         reads,
     )

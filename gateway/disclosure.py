@@ -32,7 +32,7 @@ from consent.decide import decide
 from consent.model import Decision, Facts, Reason, Requester, Verdict
 from gateway.decisions import Decider
 from gateway.store.consents import people_with_opt_outs
-from gateway.store.resources import refs_for_person
+from gateway.store.hot_reads import EngineReads, HotReads
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,19 @@ def utcnow() -> datetime:
 
 class Disclosure:
     def __init__(
-        self, engine: AsyncEngine, decider: Decider, log: Appender, clock: Callable[[], datetime] = utcnow
+        self,
+        engine: AsyncEngine,
+        decider: Decider,
+        log: Appender,
+        clock: Callable[[], datetime] = utcnow,
+        reads: HotReads | None = None,
     ) -> None:
-        self.engine = engine  # reads only (a person's refs, the register): ``store.database.reader``
+        self.engine = engine  # reads only (the register): ``store.database.reader``
         self.decider = decider
         self.log = log
         self.clock = clock
+        #: A withheld person's refs are read here (``store.hot_reads``; through the engine if not given).
+        self.reads = reads if reads is not None else EngineReads(engine)
 
     async def person(self, ask: Ask, nhs_number: str, load: Callable[[str], Awaitable[Loaded]]) -> Disclosed:
         """One person's data for ``ask``: the decision, and ``load(nhs_number)``'s result if permitted.
@@ -101,8 +108,7 @@ class Disclosure:
 
     async def _withheld(self, nhs_number: str) -> list[str]:
         try:
-            async with self.engine.connect() as conn:
-                return await refs_for_person(conn, nhs_number)
+            return await self.reads.refs(nhs_number)
         except Exception:  # noqa: BLE001 - the deny stands; only its detail is lost
             return []
 

@@ -227,7 +227,7 @@ class Publisher:
         # opted-out person and close the very row meant to retract them. Read after the claim committed.
         numbers = [lease.state.nhs_number for lease in claimed]
         decider = await ClaimDecider.read(self.services.engine, numbers)
-        disclosure = Disclosure(self.services.engine, decider, self.log)
+        disclosure = Disclosure(self.services.engine, decider, self.log, reads=self.services.reads)
         limit = self.settings.publish_concurrency * PEOPLE_PER_REQUEST_SLOT
 
         async def one(lease: Lease) -> None:

@@ -18,7 +18,7 @@ processors (a SQLite ``DateTime`` arrives as text and leaves as a ``datetime``):
   in-memory SQLite database lives inside the engine's one connection).
 
 Content reads (``patient``, ``careplans``) are made, like every content read, only from a loader
-handed to ``Disclosure.person`` after a permit; ``owner`` and ``facts`` read no content.
+handed to ``Disclosure.person`` after a permit; ``owner``, ``refs`` and ``facts`` read no content.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from gateway.group_commit import GroupCommit
 from gateway.settings import Settings
 from gateway.store import search
 from gateway.store.consents import facts_from_rows, read_facts
+from gateway.store.resources import refs_for_person
 from gateway.store.schema import consents, resources
 
 #: One search match: resource type, id, the stored JSON.
@@ -60,6 +61,10 @@ class HotReads(Protocol):
 
     async def facts(self, nhs_number: str) -> Facts:
         """Everything the opt-out register holds for one person (``store.consents.read_facts``)."""
+        ...
+
+    async def refs(self, nhs_number: str) -> list[str]:
+        """``Type/id/_history/version`` of the person's current resources (no content read)."""
         ...
 
     async def patient(self, nhs_number: str) -> list[Found]:
@@ -82,6 +87,15 @@ _FOUND = (_C.resource_type, _C.id, _C.content)
 def _owner_statement() -> Select[Any]:
     return select(_C.nhs_number).where(
         _C.resource_type == bindparam("resource_type"), _C.id == bindparam("rid")
+    )
+
+
+def _refs_statement() -> Select[Any]:
+    """As ``store.resources.refs_for_person``."""
+    return (
+        select(_C.resource_type, _C.id, _C.version_id)
+        .where(_C.nhs_number == bindparam("nhs_number"))
+        .order_by(_C.resource_type, _C.id)
     )
 
 
@@ -148,6 +162,7 @@ class Statements:
         self.dialect = dialect
         self.owner = Compiled(_owner_statement(), dialect)
         self.facts = Compiled(_facts_statement(), dialect)
+        self.refs = Compiled(_refs_statement(), dialect)
         self.patient = Compiled(_patient_statement(), dialect)
         self._careplans: dict[int, tuple[Compiled, Compiled]] = {}
 
@@ -190,6 +205,10 @@ class DriverReads:
         statement = self.statements.facts
         rows = await self._run(statement, {"nhs_number": nhs_number})
         return facts_from_rows(nhs_number, [dict(zip(statement.keys, r, strict=True)) for r in rows])
+
+    async def refs(self, nhs_number: str) -> list[str]:
+        rows = await self._run(self.statements.refs, {"nhs_number": nhs_number})
+        return [f"{t}/{i}/_history/{v}" for t, i, v in rows]
 
     async def patient(self, nhs_number: str) -> list[Found]:
         return _found(await self._run(self.statements.patient, {"nhs_number": nhs_number}))
@@ -351,6 +370,10 @@ class EngineReads:
     async def facts(self, nhs_number: str) -> Facts:
         async with self.engine.connect() as conn:
             return await read_facts(conn, nhs_number)
+
+    async def refs(self, nhs_number: str) -> list[str]:
+        async with self.engine.connect() as conn:
+            return await refs_for_person(conn, nhs_number)
 
     async def patient(self, nhs_number: str) -> list[Found]:
         async with self.engine.connect() as conn:
