@@ -74,6 +74,7 @@ from adapters.gp import GpAdapter
 from consent.model import Authority, OptOutKind, Requester, RequesterKind
 from gateway.audit.keys import write_private_key
 from gateway.bootstrap import Services, bootstrap
+from gateway.cli.common import run_loop
 from gateway.disclosure import Disclosure
 from gateway.publish.batch import ClaimDecider, PersonLoader
 from gateway.publish.bundle import publication
@@ -356,7 +357,7 @@ async def throughput(
 def writer_main(settings_json: str, numbers: list[str], rate: float, seconds: float, out: Queue[Any]) -> None:
     """The writer process: toggle opt-outs at ``rate`` changes/s for ``seconds``."""
     settings = Settings.model_validate_json(settings_json)
-    out.put(asyncio.run(write_changes(settings, numbers, rate, seconds)))
+    out.put(run_loop(write_changes(settings, numbers, rate, seconds)))  # the loop concord's commands run
 
 
 async def write_changes(
@@ -627,7 +628,7 @@ def main() -> None:
     started = time.perf_counter()
     print("load average at start: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(run(args, Path(tmp)))
+        run_loop(run(args, Path(tmp)))  # uvloop, as `concord publish` runs
     print("load average at end: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     print(f"total {time.perf_counter() - started:.0f}s")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 from collections.abc import AsyncIterator
 from functools import partial
 
@@ -74,6 +75,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                     await task
             if own:
                 await built.close()
+            for handler in logging.getLogger("concord.access").handlers:
+                handler.flush()  # the access log is written in blocks: the last one now
 
     app = FastAPI(
         title="concord",
