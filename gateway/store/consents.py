@@ -65,14 +65,7 @@ async def read_facts_many(conn: AsyncConnection, nhs_numbers: Iterable[str]) -> 
         )
         for r in rows.mappings():
             found.setdefault(r["nhs_number"], []).append(r)
-    return {
-        n: Facts(
-            n,
-            tuple(opt_out_from_row(r) for r in found.get(n, ())),
-            max((r["change_seq"] for r in found.get(n, ())), default=0),
-        )
-        for n in numbers
-    }
+    return {n: facts_from_rows(n, found.get(n, [])) for n in numbers}
 
 
 async def people_with_opt_outs(conn: AsyncConnection) -> dict[str, Facts]:
@@ -81,10 +74,7 @@ async def people_with_opt_outs(conn: AsyncConnection) -> dict[str, Facts]:
     grouped: dict[str, list[RowMapping]] = {}
     for r in rows:
         grouped.setdefault(r["nhs_number"], []).append(r)
-    return {
-        n: Facts(n, tuple(opt_out_from_row(r) for r in rs), max(r["change_seq"] for r in rs))
-        for n, rs in grouped.items()
-    }
+    return {n: facts_from_rows(n, rs) for n, rs in grouped.items()}
 
 
 async def find_by_source_ref(conn: AsyncConnection, refs: Iterable[str]) -> dict[str, OptOut]:

@@ -14,8 +14,11 @@ processors (a SQLite ``DateTime`` arrives as text and leaves as a ``datetime``):
 - ``PostgresReads``: an asyncpg pool of its own (``CONCORD_SEARCH_POOL_SIZE`` connections, made on
   first use, so processes that never search open none), asyncpg preparing each statement once
   per connection.
-- ``EngineReads``: the same reads through the engine, for a store the others cannot open (an
-  in-memory SQLite database lives inside the engine's one connection).
+- ``EngineReads``: the same statements through the engine, for a store the others cannot open
+  (an in-memory SQLite database lives inside the engine's one connection).
+
+These statements are the one definition of the searches: ``store.search`` keeps only the reads
+the FHIR routes make by id, and ``tests/integration/test_search_plans.py`` checks these plans.
 
 Content reads (``patient``, ``careplans``) are made, like every content read, only from a loader
 handed to ``Disclosure.person`` after a permit; ``owner``, ``refs`` and ``facts`` read no content.
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from sqlalchemy import String, any_, bindparam, func, select
+from sqlalchemy import Integer, String, any_, bindparam, func, select
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
@@ -41,9 +44,7 @@ from sqlalchemy.sql import Select
 from consent.model import Facts
 from gateway.group_commit import GroupCommit
 from gateway.settings import Settings
-from gateway.store import search
-from gateway.store.consents import facts_from_rows, read_facts
-from gateway.store.resources import refs_for_person
+from gateway.store.consents import facts_from_rows
 from gateway.store.schema import consents, resources
 
 #: One search match: resource type, id, the stored JSON.
@@ -91,7 +92,7 @@ def _owner_statement() -> Select[Any]:
 
 
 def _refs_statement() -> Select[Any]:
-    """As ``store.resources.refs_for_person``."""
+    """References (``Type/id/_history/version``) of a person's current resources, without content."""
     return (
         select(_C.resource_type, _C.id, _C.version_id)
         .where(_C.nhs_number == bindparam("nhs_number"))
@@ -108,18 +109,19 @@ def _patient_statement() -> Select[Any]:
 
 
 def _careplan_statements(statuses: int) -> tuple[Select[Any], Select[Any]]:
-    """(count, page) as ``store.search.careplan_queries`` builds them, with ``statuses`` status
-    parameters; the page carries the total in each row (a window count, before the limit)."""
+    """(count, page) of a person's CarePlans, with ``statuses`` status parameters, both ranges of
+    ``ix_resources_person``; the page carries the total in each row (a window count, taken before
+    the limit), so a page with rows needs no second statement."""
     where = (_C.nhs_number == bindparam("nhs_number")) & (_C.resource_type == "CarePlan")
     if statuses:
-        where = where & _C.status.in_([bindparam(f"status_{i}") for i in range(statuses)])
+        where = where & _C.status.in_([bindparam(f"status_{i}", type_=String) for i in range(statuses)])
     count = select(func.count()).select_from(resources).where(where)
     page = (
         select(*_FOUND, func.count().over())
         .where(where)
         .order_by(_C.id)
-        .limit(bindparam("limit"))
-        .offset(bindparam("offset"))
+        .limit(bindparam("limit", type_=Integer))
+        .offset(bindparam("offset", type_=Integer))
     )
     return count, page
 
@@ -131,9 +133,10 @@ class Compiled:
     """One statement as the driver's SQL text: its parameters in placeholder order, and how to turn
     a driver row into the values SQLAlchemy would have returned."""
 
-    __slots__ = ("fixed", "keys", "names", "processors", "sql")
+    __slots__ = ("fixed", "keys", "names", "processors", "sql", "statement")
 
     def __init__(self, statement: Select[Any], dialect: Dialect) -> None:
+        self.statement = statement
         compiled = statement.compile(dialect=dialect)
         self.sql: str = compiled.string
         self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
@@ -357,35 +360,18 @@ class PostgresReads(DriverReads):
             self._pool = None
 
 
-class EngineReads:
-    """The reads through the engine (``store.search``): for stores the driver readers cannot open."""
+class EngineReads(DriverReads):
+    """The same statements through the engine: for stores the driver readers cannot open (an
+    in-memory SQLite database lives inside the engine's one connection)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.statements = Statements(engine.dialect)
 
-    async def owner(self, resource_type: str, rid: str) -> str | None:
+    async def _run(self, statement: Compiled, values: dict[str, Any]) -> list[Row]:
         async with self.engine.connect() as conn:
-            return await search.owner(conn, resource_type, rid)
-
-    async def facts(self, nhs_number: str) -> Facts:
-        async with self.engine.connect() as conn:
-            return await read_facts(conn, nhs_number)
-
-    async def refs(self, nhs_number: str) -> list[str]:
-        async with self.engine.connect() as conn:
-            return await refs_for_person(conn, nhs_number)
-
-    async def patient(self, nhs_number: str) -> list[Found]:
-        async with self.engine.connect() as conn:
-            found = await search.patient_of(conn, nhs_number)
-        return [] if found is None else [found.triple]
-
-    async def careplans(
-        self, nhs_number: str, statuses: Collection[str], offset: int, limit: int
-    ) -> tuple[int, list[Found]]:
-        async with self.engine.connect() as conn:
-            total, plans = await search.careplans(conn, nhs_number, statuses, offset, limit)
-        return total, [p.triple for p in plans]
+            result = await conn.execute(statement.statement, values)
+            return [tuple(r) for r in result]
 
     async def close(self) -> None:
         return None

@@ -194,16 +194,6 @@ async def stream_type_by_person(
             last = rid
 
 
-async def refs_for_person(conn: AsyncConnection, nhs_number: str) -> list[str]:
-    """References (``Type/id/_history/version``) of a person's current resources, without their content."""
-    rows = await conn.execute(
-        select(resources.c.resource_type, resources.c.id, resources.c.version_id)
-        .where(resources.c.nhs_number == nhs_number)
-        .order_by(resources.c.resource_type, resources.c.id)
-    )
-    return [f"{t}/{i}/_history/{v}" for t, i, v in rows]
-
-
 async def count_by_type(conn: AsyncConnection) -> dict[str, int]:
     rows = await conn.execute(
         select(resources.c.resource_type, func.count()).group_by(resources.c.resource_type)

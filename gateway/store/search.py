@@ -1,10 +1,10 @@
-"""Reads the FHIR read API needs: who a resource belongs to, and the narrow reads its loaders make.
+"""Reads the FHIR read API's routes make through the engine: reads by id, versions, history, a view.
 
-``owner`` resolves a resource to its person (NHS number) *before* any decision,
-without reading content. Every other function here reads content and is meant
-to be called only from a loader handed to ``Disclosure.person``, after a permit,
-and each is bound to that person's NHS number: a row that belongs to someone
-else is not returned even if its id was asked for.
+(Who a resource belongs to, and the two searches, are ``store.hot_reads``.) Every
+function here reads content and is meant to be called only from a loader handed
+to ``Disclosure.person``, after a permit, and each is bound to that person's NHS
+number: a row that belongs to someone else is not returned even if its id was
+asked for.
 
 Pages are ordered by id (stable under offset paging); a person's view puts the
 Patient first. Each page read returns ``(total, rows)``.
@@ -12,7 +12,7 @@ Patient first. Each page read returns ``(total, rows)``.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -50,17 +50,6 @@ _COLUMNS = (
 def _stored(row: Sequence[Any]) -> Stored:
     rtype, rid, version_id, last_updated, content = row
     return Stored(rtype, rid, version_id, last_updated, content.encode())
-
-
-async def owner(conn: AsyncConnection, resource_type: str, rid: str) -> str | None:
-    """The NHS number of the person a current resource belongs to; None if unknown or unattributed."""
-    result = await conn.execute(
-        select(resources.c.nhs_number).where(
-            resources.c.resource_type == resource_type, resources.c.id == rid
-        )
-    )
-    number: str | None = result.scalar_one_or_none()
-    return number
 
 
 async def read_one(conn: AsyncConnection, resource_type: str, rid: str, nhs_number: str) -> Stored | None:
@@ -121,54 +110,6 @@ async def history_page(
         .limit(limit)
     )
     return total, [_stored(r) for r in rows]
-
-
-def patient_query(nhs_number: str) -> Select[Any]:
-    """The statement ``patient_of`` runs (an index lookup on ``ix_resources_person``)."""
-    return select(*_COLUMNS).where(
-        resources.c.nhs_number == nhs_number, resources.c.resource_type == "Patient"
-    )
-
-
-async def patient_of(conn: AsyncConnection, nhs_number: str) -> Stored | None:
-    """The shared Patient of this person."""
-    row = (await conn.execute(patient_query(nhs_number))).first()
-    return None if row is None else _stored(row)
-
-
-def careplan_queries(
-    nhs_number: str, statuses: Collection[str], offset: int, limit: int
-) -> tuple[Select[Any], Select[Any]]:
-    """The statements ``careplans`` runs: (count, page), both ranges of ``ix_resources_person``.
-
-    The page carries the total of all matches in each row (a window count, taken before the
-    limit), so a page with rows needs no second statement.
-    """
-    where = and_(resources.c.nhs_number == nhs_number, resources.c.resource_type == "CarePlan")
-    if statuses:
-        where = and_(where, resources.c.status.in_(sorted(statuses)))
-    count = select(func.count()).select_from(resources).where(where)
-    page = (
-        select(*_COLUMNS, func.count().over())
-        .where(where)
-        .order_by(resources.c.id)
-        .offset(offset)
-        .limit(limit)
-    )
-    return count, page
-
-
-async def careplans(
-    conn: AsyncConnection, nhs_number: str, statuses: Collection[str], offset: int, limit: int
-) -> tuple[int, list[Stored]]:
-    """A page of this person's CarePlans (all sources), optionally only those in ``statuses``."""
-    count, page = careplan_queries(nhs_number, statuses, offset, limit)
-    rows = (await conn.execute(page)).all() if limit > 0 else []
-    if rows:
-        return rows[0][-1], [_stored(r[:-1]) for r in rows]
-    if offset == 0 and limit > 0:
-        return 0, []  # no page from the start: nothing matches
-    return (await conn.execute(count)).scalar_one(), []
 
 
 async def person_page(

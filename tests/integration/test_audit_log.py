@@ -33,13 +33,16 @@ def entry(n: int) -> Entry:
     )
 
 
-@pytest.mark.parametrize("writer_thread", [False, True], ids=["engine", "writer-thread"])
+@pytest.mark.parametrize(
+    ("store_settings", "writer_thread"),
+    [("sqlite", False), ("postgres", False), ("sqlite", True)],
+    indirect=["store_settings"],
+    ids=["sqlite-engine", "postgres-engine", "sqlite-writer-thread"],
+)
 async def test_concurrent_appenders_extend_one_chain(services: Services, writer_thread: bool) -> None:
     """Through the engine and, on a SQLite file, on the log's own writer thread (``append_sqlite``);
-    the two kinds of appender interleave on one chain."""
-    path = services.settings.sqlite_path()
-    if writer_thread and path is None:
-        pytest.skip("the writer thread is for a SQLite file")
+    then the two kinds of appender interleave on one chain."""
+    path = services.settings.sqlite_path() if writer_thread else None
     log = AuditLog(services.engine, services.log.key, checkpoint_every=7, sqlite_path=path)
     other = AuditLog(services.engine, services.log.key, checkpoint_every=7)
 
@@ -58,10 +61,10 @@ async def test_concurrent_appenders_extend_one_chain(services: Services, writer_
     assert verified.result.checkpoints >= 80 // 7 - 1
 
 
+@pytest.mark.parametrize("store_settings", ["sqlite"], indirect=True)
 async def test_a_failed_append_on_the_writer_thread_leaves_the_chain_as_it_was(services: Services) -> None:
     path = services.settings.sqlite_path()
-    if path is None:
-        pytest.skip("the writer thread is for a SQLite file")
+    assert path is not None
     log = AuditLog(services.engine, services.log.key, sqlite_path=path)
     await log.append([entry(1)])
     try:

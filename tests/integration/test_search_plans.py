@@ -1,20 +1,26 @@
 """The API's hot searches are answered from an index on both stores, never by scanning a resource type.
 
+The statements checked are the ones ``store.hot_reads`` runs: per person on SQLite, and on
+PostgreSQL the batched ones too (many people in one ``nhs_number = ANY(...)``).
+
 SQLite keeps no statistics, so its plan does not depend on the data: ``EXPLAIN QUERY PLAN`` must
 search ``ix_resources_person`` and never scan the table. PostgreSQL plans from statistics, and on a
 near-empty test table a sequential scan is cheapest, so there the index must be *usable*: with
-sequential scans priced out, the plan reads ``ix_resources_person``.
+sequential scans priced out and a population analysed (rolled back afterwards), the plan reads
+``ix_resources_person``.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.bootstrap import Services
-from gateway.store import outbox, search
+from gateway.store import hot_reads, outbox
+from gateway.store.schema import resources
 
 NUMBER = "9990000018"
 
@@ -29,21 +35,60 @@ async def _plan(conn: AsyncConnection, statement: Select[object]) -> str:
     return "\n".join(str(row[0]) for row in rows)
 
 
-def _statements() -> dict[str, Select[object]]:
-    count, page = search.careplan_queries(NUMBER, (), 0, 20)
-    status_count, status_page = search.careplan_queries(NUMBER, ("active",), 20, 20)
-    return {
-        "Patient by NHS number": search.patient_query(NUMBER),
-        "CarePlan count by subject": count,
-        "CarePlan page by subject": page,
-        "CarePlan count by subject and status": status_count,
-        "CarePlan page by subject and status": status_page,
+def _statements(dialect: str) -> dict[str, Select[Any]]:
+    one = {"nhs_number": NUMBER}
+    count, page = hot_reads._careplan_statements(0)
+    status_count, status_page = hot_reads._careplan_statements(1)
+    paged = {**one, "limit": 20, "offset": 0}
+    statements = {
+        "Patient by NHS number": hot_reads._patient_statement().params(one),
+        "CarePlan count by subject": count.params(one),
+        "CarePlan page by subject": page.params(paged),
+        "CarePlan count by subject and status": status_count.params(one, status_0="active"),
+        "CarePlan page by subject and status": status_page.params(paged, status_0="active", offset=20),
+        "a person's refs": hot_reads._refs_statement().params(one),
     }
+    if dialect == "postgresql":
+        many = {"numbers": [NUMBER, "9990000026"]}
+        statements["Patients of many people"] = hot_reads._patients_statement().params(many)
+        statements["CarePlans of many people"] = hot_reads._careplans_statement().params(many)
+    return statements
+
+
+async def _populate(conn: AsyncConnection, people: int = 2000) -> None:
+    """PostgreSQL: a population and its statistics, inside the test's transaction (rolled back).
+
+    On a near-empty table every index costs the same, and for many people's Patients at once the
+    planner may as well walk all Patients through ``ix_resources_subject``; with a population it
+    weighs the indexes as it would in service."""
+    now = datetime(2026, 11, 24, tzinfo=UTC)
+    await conn.execute(
+        resources.insert(),
+        [
+            {
+                "resource_type": rtype,
+                "id": f"{rtype}-{n}",
+                "version_id": 1,
+                "last_updated": now,
+                "nhs_number": f"{n:010d}",
+                "source": "gp",
+                "status": "active",
+                "subject_id": f"Patient-{n}",
+                "content_hash": "0" * 64,
+                "content": "{}",
+            }
+            for n in range(people)
+            for rtype in ("Patient", "CarePlan")
+        ],
+    )
+    await conn.exec_driver_sql("ANALYZE resources")
 
 
 async def test_searches_by_person_use_the_person_index(services: Services) -> None:
     async with services.engine.connect() as conn:
-        for name, statement in _statements().items():
+        if conn.dialect.name == "postgresql":
+            await _populate(conn)
+        for name, statement in _statements(conn.dialect.name).items():
             plan = await _plan(conn, statement)
             assert "ix_resources_person" in plan, f"{name}: {plan}"
             # Sorting the one person's matches is fine; reading the table is not.
