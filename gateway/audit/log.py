@@ -21,13 +21,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from consent.chain import Checkpoint, Entry, key_id, sign_checkpoint
 from gateway.periodic import run_periodically
+from gateway.store import sqlite_lock
 from gateway.store.audit import Head, append_entries, append_sqlite, lock_head, save_checkpoint
 
 T = TypeVar("T")
@@ -97,8 +98,6 @@ class AuditLog:
 class SqliteWriter:
     """One thread and one ``sqlite3`` connection for the log's appends; ``run`` hands it a call."""
 
-    BUSY_TIMEOUT_MS: Final = 30_000
-
     def __init__(self, path: Path) -> None:
         self.path = path
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="concord-audit")
@@ -107,7 +106,7 @@ class SqliteWriter:
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:  # on the writer thread, at first use
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout={self.BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout={sqlite_lock.LOOK_MS}")  # appends: begin_immediate
             conn.execute("PRAGMA synchronous=NORMAL")  # as the engine's connections (store.database)
             self._conn = conn
         return self._conn

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consent.chain import ENTRY_FIELDS, Checkpoint, Entry, StoredEntry, chained_rows
 from gateway.store.schema import audit_checkpoints, audit_head, audit_log
+from gateway.store.sqlite_lock import begin_immediate
 
 
 @dataclass(slots=True)
@@ -87,10 +88,11 @@ def append_sqlite(
     checkpoint from ``sign(seq, entry_hash)``: one SQLite transaction on a driver connection, made
     in one call (``AuditLog`` runs it on its writer thread: one handoff for the whole append).
 
-    ``BEGIN IMMEDIATE`` takes SQLite's write lock before the head is read, as ``lock_head``'s
-    UPDATE does, so appenders on any connection or process still extend the chain one at a time.
+    ``BEGIN IMMEDIATE`` (``sqlite_lock.begin_immediate``) takes SQLite's write lock before the head
+    is read, as ``lock_head``'s UPDATE does, so appenders on any connection or process still extend
+    the chain one at a time.
     """
-    conn.execute("BEGIN IMMEDIATE")
+    begin_immediate(conn)
     try:
         seq, entry_hash, checkpoint_seq = conn.execute(_HEAD_SQL).fetchone()
         rows, last = chained_rows(bytes.fromhex(entry_hash), seq, entries)

@@ -34,6 +34,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gateway.settings import Settings
+from gateway.store import sqlite_lock
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 RECYCLE_SECONDS = 1800
@@ -62,6 +63,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         sized = {} if ":memory:" in url else sizes
         engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True, **sized)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        sqlite_lock.watch_writes(engine)
         return engine
     connect_args: dict[str, Any] = {}
     if settings.database_schema:
@@ -121,7 +123,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    # Short: a writer takes the lock with BEGIN IMMEDIATE and tries again at once (store.sqlite_lock).
+    cursor.execute(f"PRAGMA busy_timeout={sqlite_lock.LOOK_MS}")
     cursor.close()
 
 
