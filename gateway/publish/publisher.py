@@ -60,13 +60,19 @@ GATHER_SECONDS = 0.02
 #: People in hand per request allowed in flight (``publish_concurrency``): each claim's store work
 #: (lease, register read, log and finish transactions) is shared by up to this many times as many.
 PEOPLE_PER_REQUEST_SLOT = 16
-#: Claims being delivered at once: the next is taken while one finishes; changes arriving while
+#: Claims being dispatched at once: the next is taken while one finishes; changes arriving while
 #: both are busy wait to be claimed together (a lease transaction and a register read per claim).
+#: A claim stops counting once each of its deliveries has been sent or has ended, so people
+#: waiting on a slow or hung HIE hold up no later claim (``_Claim``).
 CLAIMS_AT_ONCE = 2
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _nothing() -> None:
+    pass
 
 
 @dataclass(slots=True)
@@ -131,7 +137,7 @@ class Publisher:
         """
         limit = self.settings.publish_concurrency * PEOPLE_PER_REQUEST_SLOT
         self._gate = asyncio.Semaphore(self.settings.publish_concurrency)
-        claims: set[asyncio.Task[None]] = set()
+        claims: dict[asyncio.Task[None], _Claim] = {}
         try:
             while stop is None or not stop.is_set():
                 self._reap(claims)
@@ -139,13 +145,14 @@ class Publisher:
                 self.wake.clear()
                 self._room.clear()
                 room = limit - len(self._in_flight)
+                dispatching = sum(1 for claim in claims.values() if claim.unsent)
                 claimed = (
-                    await self._claim(room) if room * 2 >= limit and len(claims) < CLAIMS_AT_ONCE else []
+                    await self._claim(room) if room * 2 >= limit and dispatching < CLAIMS_AT_ONCE else []
                 )
                 if claimed:
                     self._in_flight.update(lease.state.nhs_number for lease in claimed)
-                    task = asyncio.create_task(self._deliver_all(claimed))
-                    claims.add(task)
+                    claim = _Claim(len(claimed), self._room)
+                    claims[asyncio.create_task(self._deliver_all(claimed, claim))] = claim
                     continue
                 if not claims and until_idle and await self._idle():
                     break
@@ -160,13 +167,13 @@ class Publisher:
             self._reap(claims)
         return self.stats
 
-    def _reap(self, claims: set[asyncio.Task[None]]) -> None:
+    def _reap(self, claims: dict[asyncio.Task[None], _Claim]) -> None:
         """Forget claims that are done; an error that escaped one stops the publisher, as it always did."""
         for task in [t for t in claims if t.done()]:
-            claims.discard(task)
+            del claims[task]
             task.result()
 
-    async def _wait(self, stop: asyncio.Event | None, claims: set[asyncio.Task[None]]) -> None:
+    async def _wait(self, stop: asyncio.Event | None, claims: dict[asyncio.Task[None], _Claim]) -> None:
         """Until woken, stopped, room for another claim, a claim done, or the poll interval passes."""
         waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self.wake.wait())}
         if claims:
@@ -175,7 +182,7 @@ class Publisher:
             waiters.add(asyncio.ensure_future(stop.wait()))
         try:
             await asyncio.wait(
-                waiters | claims,
+                waiters | set(claims),
                 timeout=self.settings.publish_poll_seconds,
                 return_when=asyncio.FIRST_COMPLETED,
             )
@@ -220,7 +227,7 @@ class Publisher:
             rest = await box.claim_rest(conn, leased, self.owner, now, until)
         return [Lease(claimed[n] + rest.get(n, []), leased[n], until) for n in sorted(leased)]
 
-    async def _deliver_all(self, claimed: list[Lease]) -> None:
+    async def _deliver_all(self, claimed: list[Lease], claim: _Claim | None = None) -> None:
         """Decide and log for the whole claim together; send ``publish_concurrency`` requests at a time."""
         # Decided from the store, never a cache: the consent change that queued these rows committed
         # with them, but may not yet have told the caches; a cached permit here would publish an
@@ -231,12 +238,14 @@ class Publisher:
         limit = self.settings.publish_concurrency * PEOPLE_PER_REQUEST_SLOT
 
         async def one(lease: Lease) -> None:
+            sent = claim.sender() if claim is not None else _nothing
             try:
-                await self._deliver(lease, disclosure)
+                await self._deliver(lease, disclosure, sent)
             except Exception:
                 log.exception("delivery failed unexpectedly; retrying later")
                 await self._retry(lease, "internal error", None)
             finally:
+                sent()
                 self._in_flight.discard(lease.state.nhs_number)
                 if len(self._in_flight) * 2 == limit:  # just fell to half: room for the next claim
                     self._room.set()
@@ -246,7 +255,10 @@ class Publisher:
         finally:
             self._in_flight.difference_update(numbers)
 
-    async def _deliver(self, lease: Lease, disclosure: Disclosure) -> None:
+    async def _deliver(
+        self, lease: Lease, disclosure: Disclosure, sent: Callable[[], None] = _nothing
+    ) -> None:
+        """Decide, log, send and record the HIE's answer; ``sent()`` is called as the request goes out."""
         state, ids = lease.state, lease.ids
         number, delivery_id = state.nhs_number, lease.delivery_id
         ask = Ask(self.requester, "direct-care", "publish", delivery_id)
@@ -275,6 +287,7 @@ class Publisher:
                 # The exchange ends before the lease does, so no other publisher can take the person
                 # while this request is still in flight (a hung HIE counts as unreachable: retried).
                 left = (lease.until - self.clock()).total_seconds() - LEASE_SAFETY_SECONDS
+                sent()
                 response = await self.client.transaction(body, delivery_id, deadline_seconds=left)
         except HieUnreachable as exc:
             await self._retry(lease, f"unreachable: {exc}", None)
@@ -330,6 +343,33 @@ class Publisher:
                 conn, lease.state.nhs_number, lease.ids, self.clock() + timedelta(seconds=delay), error
             )
         self.stats.retried += 1
+
+
+class _Claim:
+    """A claim being delivered: how many of its deliveries have not yet been sent (nor ended).
+
+    While any have not, the claim counts against ``CLAIMS_AT_ONCE``; when the last is sent, the
+    publisher is told there is room (``room``) to claim again.
+    """
+
+    __slots__ = ("room", "unsent")
+
+    def __init__(self, deliveries: int, room: asyncio.Event) -> None:
+        self.unsent, self.room = deliveries, room
+
+    def sender(self) -> Callable[[], None]:
+        """For one delivery: a call that counts it sent, once however often it is made."""
+        done = False
+
+        def sent() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self.unsent -= 1
+                if not self.unsent:
+                    self.room.set()
+
+        return sent
 
 
 @dataclass(frozen=True, slots=True)

@@ -302,3 +302,70 @@ async def test_a_request_to_the_hie_ends_before_the_lease_it_was_sent_under(serv
     assert all(d is not None and 0 < d <= lease - 5 - 1 for d in client.deadlines), client.deadlines
     async with services.engine.connect() as conn:
         assert await box.due_or_waiting(conn) > 0, "timed out deliveries are retried, not dropped"
+
+
+class HangingHie:
+    """Answers every transaction at once, except those for ``hung`` people: they wait for ``release``."""
+
+    def __init__(self) -> None:
+        self.numbers: list[str] = []
+        self.hung: set[str] = set()
+        self.release = asyncio.Event()
+        self.answered: list[str] = []
+
+    async def transaction(
+        self, bundle: bytes, request_id: str, deadline_seconds: float | None = None
+    ) -> object:
+        from gateway.publish.client import HieResponse
+
+        text = bundle.decode()
+        if any(number in text for number in self.hung):
+            await asyncio.wait_for(self.release.wait(), deadline_seconds)
+        entries = orjson.loads(bundle)["entry"]
+        self.answered.extend(n for n in self.numbers if n in text)
+        reply = {
+            "resourceType": "Bundle",
+            "type": "transaction-response",
+            "entry": [{"response": {"status": "200 OK"}} for _ in entries],
+        }
+        return HieResponse(200, orjson.dumps(reply), None)
+
+
+async def test_people_waiting_on_a_hung_hie_hold_up_no_later_claim(services: Services) -> None:
+    """Two claims whose only person hangs at the HIE leave room for a third (no head-of-line blocking)."""
+    await ingest_three(services)
+    async with services.engine.begin() as conn:
+        people = sorted({n for (n,) in await conn.execute(select(outbox.c.nhs_number))})
+        await conn.execute(delete(outbox))
+    first, second, third = people
+    client = HangingHie()
+    client.numbers, client.hung = people, {first, second}
+    publisher = Publisher(services, client)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    running = asyncio.create_task(publisher.run(stop=stop))
+    try:
+        for number in (first, second):
+            await queue(services, [number])
+            publisher.wake.set()
+            for _ in range(200):  # until its claim is out, hanging at the HIE
+                if number in publisher._in_flight:
+                    break
+                await asyncio.sleep(0.01)
+            assert number in publisher._in_flight
+        await queue(services, [third])
+        publisher.wake.set()
+        for _ in range(500):
+            if third in client.answered:
+                break
+            await asyncio.sleep(0.01)
+        assert client.answered == [third], "delivered while the two earlier claims still hang"
+        client.release.set()
+        for _ in range(500):
+            if len(client.answered) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(client.answered) == people
+    finally:
+        stop.set()
+        publisher.wake.set()
+        await running
