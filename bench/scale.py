@@ -482,7 +482,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def _stub_state(topology: Region) -> Any:
-    return get(f"{topology.stub}/_stub/state", timeout=120)
+    return get(f"{topology.stub}/_stub/state?brief", timeout=120)
 
 
 def main() -> None:

@@ -8,6 +8,8 @@ hie-stub``, or aiohttp's ``TestServer``). Routes:
     GET  /fhir/{type}/{id}       read (404 unknown, 410 deleted)
     GET  /fhir/{type}?...        search (``gateway.hie_stub.search``), a searchset Bundle
     GET  /_stub/state            counts, {type: {id: versionId}}, requests, faults, request ids
+                                 (``?brief``: without the per-resource versions and request ids)
+    GET  /_stub/digests/{type}   [[id, content digest, ["system|value", ...]], ...] by id
     POST /_stub/reset            forget resources and counts; restart the current fault plan
     POST /_stub/faults           install a fault plan (JSON object of ``Faults`` fields)
 
@@ -86,6 +88,7 @@ def make_app(faults: Faults | None = None, data: Path | None = None) -> web.Appl
     app.router.add_get("/fhir/{type}/{id}", _read)
     app.router.add_get("/fhir/{type}", _search)
     app.router.add_get("/_stub/state", _state)
+    app.router.add_get("/_stub/digests/{type}", _digests)
     app.router.add_post("/_stub/reset", _reset)
     app.router.add_post("/_stub/faults", _set_faults)
     return app
@@ -205,20 +208,28 @@ async def _metadata(request: web.Request) -> web.StreamResponse:
 async def _state(request: web.Request) -> web.StreamResponse:
     stub = request.app[STUB]
     faults = stub.faults.state()
-    return web.json_response(
-        {
-            "counts": stub.store.counts(),
-            "resources": stub.store.versions(),
-            "requests": stub.stats.requests,
-            "transactions": stub.stats.transactions,
-            "faults": faults["injected"],
-            "fault_plan": faults["plan"],
-            "down_seconds_left": faults["down_seconds_left"],
-            "down_requests_left": faults["down_requests_left"],
-            "request_ids": dict(stub.stats.request_ids),
-        },
-        dumps=lambda v: orjson.dumps(v).decode(),
-    )
+    state: dict[str, Any] = {
+        "counts": stub.store.counts(),
+        "requests": stub.stats.requests,
+        "transactions": stub.stats.transactions,
+        "faults": faults["injected"],
+        "fault_plan": faults["plan"],
+        "down_seconds_left": faults["down_seconds_left"],
+        "down_requests_left": faults["down_requests_left"],
+    }
+    if "brief" not in request.query:
+        state["resources"] = stub.store.versions()
+        state["request_ids"] = dict(stub.stats.request_ids)
+    return web.json_response(state, dumps=lambda v: orjson.dumps(v).decode())
+
+
+async def _digests(request: web.Request) -> web.StreamResponse:
+    """Every current resource of a type as ``[id, content digest, identifiers]``: audit without reading."""
+    rtype = request.match_info["type"]
+    if not transaction.known_type(rtype):
+        return _fhir(404, operation_outcome("not-supported", "unknown resource type"))
+    digests = request.app[STUB].store.digests(rtype)
+    return web.Response(body=orjson.dumps(digests), content_type="application/json")
 
 
 async def _reset(request: web.Request) -> web.StreamResponse:

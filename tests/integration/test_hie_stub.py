@@ -18,6 +18,7 @@ from gateway.cli import cli
 from gateway.hie_stub import Faults, make_app
 from gateway.hie_stub.faults import FaultInjector, FaultPlanError
 from gateway.hie_stub.server import REQUEST_IDS_KEPT, Stats
+from gateway.hie_stub.store import Store, content_digest
 from mappings.nhs_number import check_digit
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -329,6 +330,53 @@ async def test_state_counts_requests_and_deliveries_per_request_id() -> None:
         async with client.post("/_stub/reset") as resp:
             assert resp.status == 204
         assert (await state(client))["request_ids"] == {}
+
+
+async def test_digests_name_each_resources_content_whatever_its_id_meta_or_key_order() -> None:
+    async with stub() as client:
+        first = patient(nhs_number(1), rid="p1")
+        second = patient(nhs_number(2), rid="p2", family="Okafor")
+        status, _ = await send(client, put(first), put(second), put(careplan("c1", "Patient/p1")))
+        assert status == 200
+        async with client.get("/_stub/digests/Patient") as resp:
+            assert resp.status == 200
+            digests = await resp.json()
+        assert [d[0] for d in digests] == ["p1", "p2"]
+        assert digests[0][2] == [f"{NHS}|{nhs_number(1)}"]
+        # The same content sent in another key order, under another id, with other meta: same digest.
+        shuffled = {k: first[k] for k in reversed(list(first))} | {
+            "id": "elsewhere",
+            "meta": {"versionId": "9"},
+        }
+        assert content_digest(shuffled) == digests[0][1]
+        assert digests[0][1] != digests[1][1]
+        assert content_digest({**first, "gender": "male"}) != digests[0][1]
+        async with client.get("/_stub/digests/CarePlan") as resp:
+            assert [d[0] for d in await resp.json()] == ["c1"]
+        async with client.get("/_stub/digests/NotAType") as resp:
+            assert resp.status == 404
+
+
+async def test_brief_state_leaves_out_resources_and_request_ids() -> None:
+    async with stub() as client:
+        await send(client, put(patient(rid="p1")))
+        async with client.get("/_stub/state?brief") as resp:
+            brief = await resp.json()
+        assert brief["counts"] == {"Patient": 1} and brief["transactions"] == 1
+        assert "resources" not in brief and "request_ids" not in brief
+
+
+async def test_what_a_read_returns_can_be_changed_without_changing_the_store() -> None:
+    store = Store()
+    txn = store.begin()
+    txn.put("Patient", "p1", patient(rid="p1"))
+    txn.commit()
+    got = store.get("Patient", "p1")
+    assert got is not None
+    changed = got.resource
+    changed["gender"] = "male"
+    again = store.get("Patient", "p1")
+    assert again is not None and again.resource["gender"] == "female"
 
 
 def test_request_ids_are_bounded() -> None:
