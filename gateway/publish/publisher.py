@@ -71,10 +71,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _nothing() -> None:
-    pass
-
-
 @dataclass(slots=True)
 class PublishStats:
     published: int = 0
@@ -228,7 +224,11 @@ class Publisher:
         return [Lease(claimed[n] + rest.get(n, []), leased[n], until) for n in sorted(leased)]
 
     async def _deliver_all(self, claimed: list[Lease], claim: _Claim | None = None) -> None:
-        """Decide and log for the whole claim together; send ``publish_concurrency`` requests at a time."""
+        """Decide and log for the whole claim together; send ``publish_concurrency`` requests at a time.
+
+        ``claim`` counts the deliveries sent (the run loop's, which it reads; a fresh one if not given).
+        """
+        claim = claim if claim is not None else _Claim(len(claimed), self._room)
         # Decided from the store, never a cache: the consent change that queued these rows committed
         # with them, but may not yet have told the caches; a cached permit here would publish an
         # opted-out person and close the very row meant to retract them. Read after the claim committed.
@@ -238,7 +238,7 @@ class Publisher:
         limit = self.settings.publish_concurrency * PEOPLE_PER_REQUEST_SLOT
 
         async def one(lease: Lease) -> None:
-            sent = claim.sender() if claim is not None else _nothing
+            sent = claim.sender()
             try:
                 await self._deliver(lease, disclosure, sent)
             except Exception:
@@ -255,9 +255,7 @@ class Publisher:
         finally:
             self._in_flight.difference_update(numbers)
 
-    async def _deliver(
-        self, lease: Lease, disclosure: Disclosure, sent: Callable[[], None] = _nothing
-    ) -> None:
+    async def _deliver(self, lease: Lease, disclosure: Disclosure, sent: Callable[[], None]) -> None:
         """Decide, log, send and record the HIE's answer; ``sent()`` is called as the request goes out."""
         state, ids = lease.state, lease.ids
         number, delivery_id = state.nhs_number, lease.delivery_id
