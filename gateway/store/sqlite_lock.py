@@ -34,8 +34,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 LOOK_MS: Final = 10
 #: How long a writer keeps trying for the lock before giving up ("database is locked").
 WAIT_SECONDS: Final = 30.0
-#: Statements that need the write lock (what the Python driver begins a transaction for, and DDL).
-_WRITES: Final = re.compile(r"\s*(?:INSERT|UPDATE|DELETE|REPLACE|CREATE|ALTER|DROP)\b", re.IGNORECASE)
+#: Statements that never take the lock first: reads, and those SQLite refuses inside a transaction.
+#: Everything else is taken for a write, so a write nobody listed (a CTE-led INSERT, say) still waits
+#: its 30 s for the lock rather than failing after ``LOOK_MS``; a read taken for one only waits.
+_NOT_WRITES: Final = re.compile(
+    r"\s*(?:SELECT|PRAGMA|EXPLAIN|VACUUM|ATTACH|DETACH|BEGIN|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE)\b",
+    re.IGNORECASE,
+)
+
+
+def writes(statement: str) -> bool:
+    """Whether ``watch_writes`` takes the write lock before ``statement`` (outside a transaction)."""
+    return _NOT_WRITES.match(statement) is None
 
 
 def is_locked(error: sqlite3.OperationalError) -> bool:
@@ -71,7 +81,7 @@ def watch_writes(engine: AsyncEngine, wait_seconds: float = WAIT_SECONDS) -> Non
 
     def before(conn: Connection, _cursor: Any, statement: str, *_: Any) -> None:
         driver = conn.connection.driver_connection
-        if driver is None or driver.in_transaction or not _WRITES.match(statement):
+        if driver is None or driver.in_transaction or not writes(statement):
             return
         adapted = conn.connection.dbapi_connection
         assert adapted is not None

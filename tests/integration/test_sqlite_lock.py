@@ -142,3 +142,22 @@ def test_begin_immediate_on_a_bare_connection(tmp_path: Path) -> None:
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize(
+    ("statement", "taken_for_a_write"),
+    [
+        ("INSERT INTO t VALUES (1)", True),
+        ("  update t SET x = 2", True),
+        ("DELETE FROM t", True),
+        ("REPLACE INTO t VALUES (1)", True),
+        ("CREATE INDEX ix ON t (x)", True),
+        ("WITH n AS (SELECT 1) INSERT INTO t SELECT * FROM n", True),
+        ("SELECT count(*) FROM t", False),
+        ("\n  select 1", False),
+        ("PRAGMA journal_mode", False),
+        ("VACUUM", False),
+    ],
+)
+def test_which_statements_take_the_write_lock_first(statement: str, taken_for_a_write: bool) -> None:
+    assert sqlite_lock.writes(statement) is taken_for_a_write
