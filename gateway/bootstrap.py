@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.keys import signing_key
-from gateway.audit.log import AuditLog
+from gateway.audit.log import AuditLog, PostgresWriter
 from gateway.decisions import Decider, LocalDecider, RedisDecider, StoreDecider
 from gateway.disclosure import Disclosure
 from gateway.fence import FileFence
@@ -84,7 +84,17 @@ async def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Servi
     if run_migrations:
         await migrate(engine)
     mapper = build_mapper(settings)
-    log = AuditLog(engine, key, settings.audit_checkpoint_entries, sqlite_path=settings.sqlite_path())
+    log = AuditLog(
+        engine,
+        key,
+        settings.audit_checkpoint_entries,
+        sqlite_path=settings.sqlite_path(),
+        postgres=(
+            PostgresWriter(settings.resolved_database_url(), settings.database_schema)
+            if engine.dialect.name == "postgresql"
+            else None
+        ),
+    )
     reads = open_hot_reads(settings, engine)
     decider = build_decider(settings, reader(engine), reads)  # it only reads: one statement per decision
     signal = OutboxSignal(

@@ -6,11 +6,19 @@ together or not at all. Either way a checkpoint is signed in the same
 transaction once ``checkpoint_every`` entries are unsigned; ``checkpoint()``
 signs whatever is unsigned (called on an interval and at shutdown).
 
-On a SQLite file, ``append`` runs its whole transaction on a writer thread of
-the log's own, with its own connection (``store.audit.append_sqlite``): one
-handoff to that thread per append. Through the engine every statement is a
-handoff to aiosqlite's thread and back (about 50 µs of the event loop's CPU
-each, measured), and an append is six of them.
+``append`` runs at the driver, on a connection of the log's own, where it can:
+
+- on a SQLite file, its whole transaction on a writer thread of the log's own
+  (``store.audit.append_sqlite``): one handoff to that thread per append. Through
+  the engine every statement is a handoff to aiosqlite's thread and back (about
+  50 µs of the event loop's CPU each, measured), and an append is six of them;
+- on PostgreSQL, one statement on an asyncpg connection (``store.audit.
+  append_postgres``): one round trip per append, where the engine's transaction
+  takes eight (BEGIN, two for the head, three for COPY, the head again,
+  COMMIT), each with SQLAlchemy's own CPU on top (measured: a quarter of a
+  search's CPU in a server, bench/RESULTS.md). When another process moved the
+  head meanwhile, the statement writes nothing and returns the new head, and
+  the append is chained again from there.
 """
 
 from __future__ import annotations
@@ -21,15 +29,24 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
+import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from consent.chain import Checkpoint, Entry, key_id, sign_checkpoint
 from gateway.periodic import run_periodically
 from gateway.store import sqlite_lock
-from gateway.store.audit import Head, append_entries, append_sqlite, lock_head, save_checkpoint
+from gateway.store.audit import (
+    Head,
+    append_entries,
+    append_postgres,
+    append_sqlite,
+    current_head,
+    lock_head,
+    save_checkpoint,
+)
 
 T = TypeVar("T")
 
@@ -48,6 +65,7 @@ class AuditLog:
         checkpoint_every: int = 1000,
         clock: Callable[[], datetime] = utcnow,
         sqlite_path: Path | None = None,
+        postgres: PostgresWriter | None = None,
     ) -> None:
         self.engine = engine
         self.key = key
@@ -55,11 +73,14 @@ class AuditLog:
         self.checkpoint_every = checkpoint_every
         self.clock = clock
         self._writer = SqliteWriter(sqlite_path) if sqlite_path is not None else None
+        self._postgres = postgres
 
     async def append(self, entries: Sequence[Entry]) -> Head:
         """Append in a transaction of its own; returns the new head. Raises if the store cannot be written."""
         if self._writer is not None:
             return await self._writer.run(append_sqlite, list(entries), self.checkpoint_every, self._sign_at)
+        if self._postgres is not None:
+            return await self._postgres.append(entries, self.checkpoint_every, self._sign_at)
         async with self.engine.begin() as conn:
             head = await lock_head(conn)
             return await self.append_locked(conn, head, entries)
@@ -70,6 +91,8 @@ class AuditLog:
     async def close(self) -> None:
         if self._writer is not None:
             await self._writer.close()
+        if self._postgres is not None:
+            await self._postgres.close()
 
     async def append_in(self, conn: AsyncConnection, entries: Sequence[Entry]) -> Head:
         """Append inside the caller's transaction (locking the head first if it is not yet held)."""
@@ -124,6 +147,61 @@ class SqliteWriter:
 
         await asyncio.get_running_loop().run_in_executor(self._pool, shut)
         self._pool.shutdown(wait=False)
+
+
+class PostgresWriter:
+    """One asyncpg connection for the log's appends, made on first use and again after a failure.
+
+    Appends in this process take turns on it (a server's ``BatchedAppender`` makes one at a time
+    anyway). The head it last saw is kept, so an append usually needs no read first; when another
+    process appended since, the append statement answers with the head it finds, and the entries
+    are chained again from there.
+    """
+
+    #: Attempts before giving up: each failed one means another appender's batch went in instead.
+    ATTEMPTS: Final = 100
+    CONNECT_TIMEOUT_SECONDS: Final = 30
+
+    def __init__(self, url: str, schema: str | None) -> None:
+        self.dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        self.server_settings = {"search_path": schema} if schema else None
+        self._conn: Any = None
+        self._head: Head | None = None
+        self._turn = asyncio.Lock()
+
+    async def append(
+        self, entries: Sequence[Entry], checkpoint_every: int, sign: Callable[[int, str], Checkpoint]
+    ) -> Head:
+        async with self._turn:
+            try:
+                conn = self._conn or await self._connect()
+                head = self._head or await current_head(conn)
+                for _ in range(self.ATTEMPTS):
+                    appended, head = await append_postgres(conn, head, entries, checkpoint_every, sign)
+                    if appended:
+                        self._head = head
+                        return head
+                raise RuntimeError(f"the audit log's head moved {self.ATTEMPTS} times during one append")
+            except BaseException as exc:
+                self._head = None  # read it afresh next time
+                if self._conn is not None and (
+                    self._conn.is_closed() or not isinstance(exc, asyncpg.PostgresError)
+                ):  # lost, cancelled mid-statement or otherwise in doubt: a fresh one next time
+                    self._conn.terminate()
+                    self._conn = None
+                raise
+
+    async def _connect(self) -> Any:
+        self._conn = await asyncpg.connect(
+            self.dsn, timeout=self.CONNECT_TIMEOUT_SECONDS, server_settings=self.server_settings
+        )
+        return self._conn
+
+    async def close(self) -> None:
+        async with self._turn:
+            if self._conn is not None:
+                await self._conn.close()
+                self._conn = None
 
 
 async def sign_periodically(log: AuditLog, every_seconds: float) -> None:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import orjson
 from sqlalchemy import Row, Select, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -109,6 +110,76 @@ def append_sqlite(
             conn.execute("ROLLBACK")
         raise
     return Head(seq, entry_hash, checkpoint_seq)
+
+
+async def append_postgres(
+    conn: Any,
+    head: Head,
+    entries: Sequence[Entry],
+    checkpoint_every: int,
+    sign: Callable[[int, str], Checkpoint],
+) -> tuple[bool, Head]:
+    """Extend the chain from ``head`` in one statement on an asyncpg connection outside a transaction
+    (the statement commits on its own). Returns whether the entries were appended, and the chain's
+    head now: the new head, or, when ``head`` was no longer the head and nothing was written, the
+    head another appender moved it to (to chain from on the next attempt).
+
+    The statement takes the head row's lock (as ``lock_head``'s UPDATE does) and, only if the head
+    is still ``head``, moves it and inserts the entries, with the checkpoint from ``sign(seq,
+    entry_hash)`` when ``checkpoint_every`` entries would be unsigned: all of it or none of it, in
+    one round trip. The chain's rules are those of ``append_entries``.
+    """
+    if not entries:
+        return True, head
+    rows, last = chained_rows(bytes.fromhex(head.entry_hash), head.seq, entries)
+    new = Head(head.seq + len(rows), last.hex(), head.checkpoint_seq)
+    checkpoint: tuple[str | None, ...] = (None, None, None)
+    if new.seq - head.checkpoint_seq >= checkpoint_every:
+        cp = sign(new.seq, new.entry_hash)
+        checkpoint = (cp.signed_at, cp.key_id, cp.signature)
+    found = await conn.fetchrow(
+        _APPEND_SQL,
+        head.seq,
+        head.entry_hash,
+        new.seq,
+        new.entry_hash,
+        *checkpoint,
+        orjson.dumps([dict(zip(_COLUMNS, row, strict=True)) for row in rows]).decode(),
+    )
+    appended, seq, entry_hash, checkpoint_seq = found
+    if appended not in (0, len(rows)):  # the statement is atomic: a partial append is impossible
+        raise RuntimeError("the audit log's append statement wrote a partial batch")
+    return appended == len(rows), Head(seq, entry_hash, checkpoint_seq)
+
+
+async def current_head(conn: Any) -> Head:
+    """The chain's head as committed now, read on an asyncpg connection."""
+    seq, entry_hash, checkpoint_seq = await conn.fetchrow(_HEAD_SQL)
+    return Head(seq, entry_hash, checkpoint_seq)
+
+
+#: $1, $2: the head appended to; $3, $4: the new head; $5 to $7: the checkpoint's signed_at, key_id and
+#: signature, or NULLs; $8: the entries, a JSON array of objects, one per row.
+_APPEND_SQL = f"""
+WITH moved AS (
+    UPDATE audit_head SET
+        seq = CASE WHEN seq = $1 AND entry_hash = $2 THEN $3 ELSE seq END,
+        entry_hash = CASE WHEN seq = $1 AND entry_hash = $2 THEN $4 ELSE entry_hash END,
+        checkpoint_seq = CASE WHEN seq = $1 AND entry_hash = $2 AND $5::text IS NOT NULL
+            THEN $3 ELSE checkpoint_seq END
+    WHERE id = 1
+    RETURNING seq, entry_hash, checkpoint_seq, seq = $3 AND entry_hash = $4 AS ours
+), appended AS (
+    INSERT INTO audit_log ({", ".join(_COLUMNS)})
+    SELECT {", ".join(_COLUMNS)} FROM json_populate_recordset(NULL::audit_log, $8::json)
+    WHERE (SELECT ours FROM moved)
+    RETURNING 1
+), signed AS (
+    INSERT INTO audit_checkpoints (seq, entry_hash, signed_at, key_id, signature)
+    SELECT $3, $4, $5::text, $6::text, $7::text WHERE $5::text IS NOT NULL AND (SELECT ours FROM moved)
+)
+SELECT (SELECT count(*) FROM appended), seq, entry_hash, checkpoint_seq FROM moved
+"""  # noqa: S608 - fixed names; every value is a bound parameter
 
 
 _HEAD_SQL = "SELECT seq, entry_hash, checkpoint_seq FROM audit_head WHERE id = 1"

@@ -7,14 +7,17 @@ import contextlib
 import sqlite3
 from dataclasses import replace
 
+import asyncpg
 import pytest
+from sqlalchemy import func, select, text
 
 from consent.chain import Entry, Kind, key_id
 from gateway.audit.batcher import BatchedAppender
-from gateway.audit.log import AuditLog, sign_periodically
+from gateway.audit.log import AuditLog, PostgresWriter, sign_periodically
 from gateway.audit.verify import verify_store
 from gateway.bootstrap import Services
 from gateway.store.audit import lock_head, read_head
+from gateway.store.schema import audit_checkpoints
 
 
 def entry(n: int) -> Entry:
@@ -33,17 +36,39 @@ def entry(n: int) -> Entry:
     )
 
 
+def driver_log(services: Services, checkpoint_every: int = 1000) -> AuditLog:
+    """An ``AuditLog`` appending at the driver: the writer thread on SQLite, asyncpg on PostgreSQL."""
+    settings = services.settings
+    postgres = None
+    if services.engine.dialect.name == "postgresql":
+        postgres = PostgresWriter(settings.resolved_database_url(), settings.database_schema)
+    return AuditLog(
+        services.engine,
+        services.log.key,
+        checkpoint_every=checkpoint_every,
+        sqlite_path=settings.sqlite_path(),
+        postgres=postgres,
+    )
+
+
+async def verified_entries(services: Services) -> int:
+    public = services.log.key.public_key()
+    verified = await verify_store(services.engine, {key_id(public): public})
+    assert verified.result.ok, verified.result.problem
+    return verified.result.entries
+
+
 @pytest.mark.parametrize(
-    ("store_settings", "writer_thread"),
-    [("sqlite", False), ("postgres", False), ("sqlite", True)],
+    ("store_settings", "at_driver"),
+    [("sqlite", False), ("postgres", False), ("sqlite", True), ("postgres", True)],
     indirect=["store_settings"],
-    ids=["sqlite-engine", "postgres-engine", "sqlite-writer-thread"],
+    ids=["sqlite-engine", "postgres-engine", "sqlite-writer-thread", "postgres-driver"],
 )
-async def test_concurrent_appenders_extend_one_chain(services: Services, writer_thread: bool) -> None:
-    """Through the engine and, on a SQLite file, on the log's own writer thread (``append_sqlite``);
-    then the two kinds of appender interleave on one chain."""
-    path = services.settings.sqlite_path() if writer_thread else None
-    log = AuditLog(services.engine, services.log.key, checkpoint_every=7, sqlite_path=path)
+async def test_concurrent_appenders_extend_one_chain(services: Services, at_driver: bool) -> None:
+    """Through the engine and at the driver (SQLite: the log's own writer thread, ``append_sqlite``;
+    PostgreSQL: ``append_postgres``); then the two kinds of appender interleave on one chain."""
+    engine_log = AuditLog(services.engine, services.log.key, checkpoint_every=7)
+    log = driver_log(services, checkpoint_every=7) if at_driver else engine_log
     other = AuditLog(services.engine, services.log.key, checkpoint_every=7)
 
     async def writer(w: int) -> None:
@@ -59,6 +84,56 @@ async def test_concurrent_appenders_extend_one_chain(services: Services, writer_
     assert verified.result.ok, verified.result.problem
     assert verified.result.entries == 80
     assert verified.result.checkpoints >= 80 // 7 - 1
+
+
+@pytest.mark.parametrize("store_settings", ["postgres"], indirect=True)
+async def test_a_driver_appender_chains_on_from_a_head_another_process_moved(services: Services) -> None:
+    """Two writers, each keeping the head it last saw: every append finds the other moved it."""
+    first, second = driver_log(services, checkpoint_every=5), driver_log(services, checkpoint_every=5)
+    try:
+        for n in range(12):
+            head = await (first if n % 2 else second).append([entry(n), entry(n + 100)])
+            assert head.seq == 2 * (n + 1)
+    finally:
+        await first.close()
+        await second.close()
+    assert await verified_entries(services) == 24
+    async with services.engine.connect() as conn:
+        head = await read_head(conn)
+        signed = (await conn.execute(select(func.count()).select_from(audit_checkpoints))).scalar_one()
+    assert head.seq == 24 and 24 - head.checkpoint_seq < 5
+    assert signed >= 24 // 5 - 1  # each append that left 5 or more unsigned signed its own checkpoint
+
+
+@pytest.mark.parametrize("store_settings", ["postgres"], indirect=True)
+async def test_a_failed_driver_append_writes_nothing_and_the_next_one_goes_on(services: Services) -> None:
+    log = driver_log(services)
+    try:
+        await log.append([entry(1)])
+        with pytest.raises(asyncpg.NotNullViolationError):
+            await log.append([entry(2), replace(entry(3), kind=None)])  # type: ignore[arg-type]  # NOT NULL
+        await log.append([entry(4)])
+    finally:
+        await log.close()
+    assert await verified_entries(services) == 2
+
+
+@pytest.mark.parametrize("store_settings", ["postgres"], indirect=True)
+async def test_a_driver_appender_reconnects_after_its_connection_is_lost(services: Services) -> None:
+    settings = services.settings
+    writer = PostgresWriter(settings.resolved_database_url(), settings.database_schema)
+    log = AuditLog(services.engine, services.log.key, postgres=writer)
+    try:
+        await log.append([entry(1)])
+        async with services.engine.connect() as conn:  # an operator (or a failover) ends its session
+            pid = writer._conn.get_server_pid()
+            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+            await log.append([entry(2)])
+        await log.append([entry(3)])
+    finally:
+        await log.close()
+    assert await verified_entries(services) == 2
 
 
 @pytest.mark.parametrize("store_settings", ["sqlite"], indirect=True)
