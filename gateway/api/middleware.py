@@ -40,11 +40,11 @@ from starlette.applications import Starlette
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.api.access_log import access_log, log_access
 from gateway.api.metrics import Metrics, metrics_of, route_template
 from gateway.api.outcome import FHIR_JSON, outcome_bytes
 from gateway.settings import Settings
 
-access_log = logging.getLogger("concord.access")
 log = logging.getLogger(__name__)
 
 _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -169,7 +169,7 @@ class RequestMiddleware:
             seconds = time.perf_counter() - started
             self.metrics.observe(scope["method"], route_template(scope), status, seconds)
             if access_log.isEnabledFor(logging.INFO):
-                access_log.info(self._line(scope, rid, status, seconds, sent))
+                log_access(self._line(scope, rid, status, seconds, sent))
 
     @staticmethod
     def _line(scope: Scope, rid: str, status: int, seconds: float, sent: int) -> str:

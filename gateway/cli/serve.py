@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing.util
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -33,6 +31,7 @@ from typing import Any, Final
 import click
 import orjson
 
+from gateway.api.access_log import AccessLogHandler
 from gateway.audit.keys import SigningKeyError
 from gateway.bootstrap import bootstrap
 from gateway.settings import Settings
@@ -57,81 +56,6 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line).decode()
 
 
-class AccessLogHandler(logging.Handler):
-    """The access log: one line per request on stderr, written in blocks rather than line by line.
-
-    A line per request written on its own is a system call per request (measured: a tenth of a
-    search's CPU). As nginx does with ``access_log ... buffer= flush=``, lines are kept and written
-    when ``BUFFER_BYTES`` have gathered, every ``FLUSH_SECONDS``, and at exit; only the last
-    fraction of a second of lines is lost if the process is killed outright. Other records (errors,
-    warnings) still go out at once through the ``json`` handler.
-
-    Several workers share one stderr, often a pipe, where only writes of at most ``PIPE_BUF`` bytes
-    are atomic: lines are written in whole-line chunks no larger than that, so no two processes'
-    lines are ever mixed within a line.
-    """
-
-    BUFFER_BYTES: Final = 64 * 1024
-    FLUSH_SECONDS: Final = 0.5
-    CHUNK_BYTES: Final = select.PIPE_BUF
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._fd = sys.stderr.fileno()
-        self._lines: list[bytes] = []
-        self._held = 0
-        self._closed = threading.Event()
-        self._flusher: threading.Thread | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self._flusher is None:  # started in the process that logs (a worker), not its parent
-            self._flusher = threading.Thread(target=self._flush_periodically, daemon=True)
-            self._flusher.start()
-            # At exit: logging's own atexit hook flushes a single process; a uvicorn worker is a
-            # multiprocessing child, which runs multiprocessing's finalizers and not atexit's.
-            multiprocessing.util.Finalize(None, self.flush, exitpriority=100)
-        try:
-            line = (self.format(record) + "\n").encode()
-        except Exception:  # noqa: BLE001 - logging's contract: report, never raise into the caller
-            self.handleError(record)
-            return
-        self._lines.append(line)  # emit runs under the handler's lock, as flush does
-        self._held += len(line)
-        if self._held >= self.BUFFER_BYTES:
-            self._write()
-
-    def flush(self) -> None:
-        with self.lock:  # type: ignore[union-attr]  # Handler.createLock made it
-            self._write()
-
-    def _write(self) -> None:
-        lines, self._lines, self._held = self._lines, [], 0
-        chunk = b""
-        for line in lines:
-            if chunk and len(chunk) + len(line) > self.CHUNK_BYTES:
-                self._write_all(chunk)
-                chunk = b""
-            chunk += line
-        if chunk:
-            self._write_all(chunk)
-
-    def _write_all(self, data: bytes) -> None:
-        try:
-            while data:
-                data = data[os.write(self._fd, data) :]
-        except OSError:
-            pass  # stderr is gone (the supervisor closed it): nothing to log to
-
-    def _flush_periodically(self) -> None:
-        while not self._closed.wait(self.FLUSH_SECONDS):
-            self.flush()
-
-    def close(self) -> None:
-        self._closed.set()
-        self.flush()
-        super().close()
-
-
 def log_config(level: str) -> dict[str, Any]:
     """uvicorn's logging config: JSON lines on stderr; access lines (already JSON) as they are."""
     upper = level.upper()
@@ -140,11 +64,10 @@ def log_config(level: str) -> dict[str, Any]:
         "disable_existing_loggers": False,
         "formatters": {
             "json": {"()": f"{__name__}.JsonFormatter"},
-            "raw": {"format": "%(message)s"},
         },
         "handlers": {
             "json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
-            "access": {"()": f"{__name__}.AccessLogHandler", "formatter": "raw"},
+            "access": {"()": f"{AccessLogHandler.__module__}.AccessLogHandler"},
         },
         "loggers": {
             "uvicorn": {"handlers": ["json"], "level": upper, "propagate": False},
