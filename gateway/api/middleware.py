@@ -154,7 +154,7 @@ class RequestMiddleware:
                 sent += len(message.get("body", b""))
             await send(message)
 
-        self.metrics.in_flight.inc()
+        self.metrics.started()
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
@@ -165,7 +165,7 @@ class RequestMiddleware:
                     )
             raise
         finally:
-            self.metrics.in_flight.dec()
+            self.metrics.finished()
             seconds = time.perf_counter() - started
             self.metrics.observe(scope["method"], route_template(scope), status, seconds)
             if access_log.isEnabledFor(logging.INFO):
