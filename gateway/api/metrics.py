@@ -188,7 +188,7 @@ class Metrics:
         """Add the tally to the instruments, one step per series (and cancel a pending flush)."""
         if self._flush_due is not None:
             self._flush_due.cancel()
-            self._flush_due = None
+        self._flush_due = self._flush_loop = None
         requests, self._requests = self._requests, {}
         for labels, tally in requests.items():
             counter, histogram = self._request_series_of(labels)
@@ -209,15 +209,14 @@ class Metrics:
 
     def _due(self) -> None:
         """Make sure a flush comes within ``FLUSH_SECONDS`` (at once, outside an event loop)."""
+        if self._flush_loop is not None and not self._flush_loop.is_closed():
+            return  # one is due (a loop that ended will never run it: then a new one is made)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()
             return
-        if self._flush_due is None or self._flush_loop is not loop:  # (a loop that ended never runs it)
-            if self._flush_due is not None:
-                self._flush_due.cancel()
-            self._flush_due, self._flush_loop = loop.call_later(FLUSH_SECONDS, self.flush), loop
+        self._flush_due, self._flush_loop = loop.call_later(FLUSH_SECONDS, self.flush), loop
 
     def _request_series_of(self, labels: tuple[str, str, str]) -> tuple[Any, Any]:
         found = self._request_series.get(labels)

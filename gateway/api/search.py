@@ -19,13 +19,14 @@ that received it and cannot be edited; a wrong token of any kind gets one error.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import urlencode
+from urllib.parse import quote_plus
 
 import orjson
 
@@ -198,7 +199,22 @@ def _safe(name: str) -> str:
 
 
 def query_string(pairs: Iterable[tuple[str, str]]) -> str:
-    return urlencode(list(pairs))
+    """``urlencode(pairs)``, a few times faster for the token values (``system|code``) searches carry:
+    the system, the same in nearly every link, is quoted once and remembered."""
+    return "&".join(f"{_quoted(name)}={_quote_value(value)}" for name, value in pairs)
+
+
+@functools.lru_cache(maxsize=1024)
+def _quoted(text: str) -> str:
+    """Parameter names and token systems: few, repeated in every link."""
+    return quote_plus(text)
+
+
+def _quote_value(value: str) -> str:
+    # Percent-encoding works character by character, so the parts before and after the last "|" may
+    # be quoted apart; the code after it (an NHS number, a status) is short and not remembered.
+    system, bar, code = value.rpartition("|")
+    return _quoted(system) + "%7C" + quote_plus(code) if bar else quote_plus(value)
 
 
 class PageTokens:

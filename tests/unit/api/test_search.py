@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.api.outcome import BadRequest
 from gateway.api.search import (
@@ -15,6 +19,7 @@ from gateway.api.search import (
     parse,
     parse_identifier,
     parse_reference,
+    query_string,
     strict_handling,
 )
 
@@ -217,3 +222,8 @@ class TestPageTokens:
         token = self.tokens.issue("client-a", "Patient", self.used, 40)
         with pytest.raises(BadRequest):
             PageTokens(b"j" * 32).offset(token, "client-a", "Patient", self.used)
+
+
+@given(st.lists(st.tuples(st.text(), st.text(alphabet=st.sampled_from("|a%+ &=é/:9")) | st.text())))
+def test_query_strings_are_urlencoded(pairs: list[tuple[str, str]]) -> None:
+    assert query_string(pairs) == urlencode(pairs)
