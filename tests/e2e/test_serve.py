@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI, Request, Response
 
 from gateway.api.app import create_app
+from gateway.api.metrics import FLUSH_SECONDS
 from gateway.audit.keys import write_private_key
 from gateway.settings import Settings
 
@@ -85,6 +86,9 @@ def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path: Path, workers: int
             httpx.get(f"{base}/fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{NHS_NUMBER}")
             for _ in range(4):  # with two workers, both answer some
                 httpx.get(f"{base}/healthz")
+            # A worker adds its requests to the shared values within FLUSH_SECONDS (the one answering
+            # the scrape at once): the sum over both workers is exact once that has passed.
+            time.sleep(FLUSH_SECONDS + 0.5)
             metrics = httpx.get(f"{base}/metrics")
             assert metrics.status_code == 200
             assert (

@@ -62,6 +62,7 @@ def served_access_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[AccessLogHand
     handler = AccessLogHandler()
     handler._flusher = object()  # type: ignore[assignment]
     monkeypatch.setattr(access_log, "handlers", [handler])
+    monkeypatch.setattr(access_log, "filters", [])
     monkeypatch.setattr(access_log, "propagate", False)
     level = access_log.level
     access_log.setLevel(logging.INFO)  # (setLevel, not the attribute: it clears logging's cache)
