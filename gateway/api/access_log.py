@@ -21,17 +21,17 @@ from typing import Final
 access_log = logging.getLogger("concord.access")
 
 
-def log_access(line: str) -> None:
-    """Write one access line at level INFO, if the ``concord.access`` logger is enabled for it."""
-    if not access_log.isEnabledFor(logging.INFO):
+def log_access(line: str, logger: logging.Logger = access_log) -> None:
+    """Write one access line at level INFO, if ``logger`` (``concord.access``) is enabled for it."""
+    if not logger.isEnabledFor(logging.INFO):
         return
-    handlers = access_log.handlers
-    if len(handlers) == 1 and not access_log.propagate and not access_log.filters:
+    handlers = logger.handlers
+    if len(handlers) == 1 and not logger.propagate and not logger.filters:
         handler = handlers[0]
         if type(handler) is AccessLogHandler and not handler.filters and handler.level <= logging.INFO:
             handler.write_line(line)
             return
-    access_log.info(line)
+    logger.info(line)
 
 
 class AccessLogHandler(logging.Handler):

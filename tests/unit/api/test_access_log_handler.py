@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.api.access_log import AccessLogHandler, access_log, log_access
+from gateway.api.access_log import AccessLogHandler, log_access
 
 
 def record(n: int) -> logging.LogRecord:
@@ -57,52 +57,56 @@ def test_a_full_buffer_is_written_without_waiting_for_the_flush(writes: list[byt
 
 
 @pytest.fixture
-def served_access_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[AccessLogHandler]:
-    """``concord.access`` as ``concord serve`` configures it: one AccessLogHandler, no propagation."""
+def served_access_log() -> Iterator[tuple[logging.Logger, AccessLogHandler]]:
+    """A logger configured as ``concord serve`` configures ``concord.access``: one AccessLogHandler,
+    level INFO, no propagation (a logger of its own: nothing another test did to logging reaches it)."""
+    logger = logging.Logger("concord.access.under-test", logging.INFO)
+    logger.propagate = False
     handler = AccessLogHandler()
     handler._flusher = object()  # type: ignore[assignment]
-    monkeypatch.setattr(access_log, "handlers", [handler])
-    monkeypatch.setattr(access_log, "filters", [])
-    monkeypatch.setattr(access_log, "propagate", False)
-    level = access_log.level
-    access_log.setLevel(logging.INFO)  # (setLevel, not the attribute: it clears logging's cache)
-    yield handler
-    access_log.setLevel(level)
+    logger.addHandler(handler)
+    yield logger, handler
     handler._lines.clear()
 
 
 def test_under_serve_a_line_goes_to_the_handler_without_a_log_record(
-    served_access_log: AccessLogHandler, writes: list[bytes], monkeypatch: pytest.MonkeyPatch
+    served_access_log: tuple[logging.Logger, AccessLogHandler],
+    writes: list[bytes],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    logger, handler = served_access_log
+
     def no_records(*args: object, **kwargs: object) -> logging.LogRecord:
         raise AssertionError("a LogRecord was made")
 
-    monkeypatch.setattr(logging.Logger, "makeRecord", no_records)
-    log_access('{"request_id":"r1"}')
-    served_access_log.flush()
+    monkeypatch.setattr(logger, "makeRecord", no_records)
+    log_access('{"request_id":"r1"}', logger)
+    handler.flush()
     assert writes == [b'{"request_id":"r1"}\n']
 
 
 def test_a_filter_or_another_handler_sends_the_line_through_logging(
-    served_access_log: AccessLogHandler, writes: list[bytes], monkeypatch: pytest.MonkeyPatch
+    served_access_log: tuple[logging.Logger, AccessLogHandler], writes: list[bytes]
 ) -> None:
+    logger, handler = served_access_log
     seen: list[str] = []
 
     class Capture(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             seen.append(record.getMessage())
 
-    monkeypatch.setattr(access_log, "handlers", [served_access_log, Capture()])
-    log_access('{"request_id":"r2"}')
-    served_access_log.flush()
+    logger.addHandler(Capture())
+    log_access('{"request_id":"r2"}', logger)
+    handler.flush()
     assert seen == ['{"request_id":"r2"}']
     assert writes == [b'{"request_id":"r2"}\n'], "the serve handler still writes it, as a record"
 
 
 def test_a_silenced_access_log_writes_nothing(
-    served_access_log: AccessLogHandler, writes: list[bytes], monkeypatch: pytest.MonkeyPatch
+    served_access_log: tuple[logging.Logger, AccessLogHandler], writes: list[bytes]
 ) -> None:
-    access_log.setLevel(logging.WARNING)  # concord serve --log-level warning
-    log_access('{"request_id":"r3"}')
-    served_access_log.flush()
+    logger, handler = served_access_log
+    logger.setLevel(logging.WARNING)  # concord serve --log-level warning
+    log_access('{"request_id":"r3"}', logger)
+    handler.flush()
     assert writes == []
