@@ -14,9 +14,9 @@ signs whatever is unsigned (called on an interval and at shutdown).
   50 µs of the event loop's CPU each, measured), and an append is six of them;
 - on PostgreSQL, one statement on an asyncpg connection (``store.audit.
   append_postgres``): one round trip per append, where the engine's transaction
-  takes eight (BEGIN, two for the head, three for COPY, the head again,
+  takes six or more (BEGIN, two for the head, the COPY, the head again,
   COMMIT), each with SQLAlchemy's own CPU on top (measured: a quarter of a
-  search's CPU in a server, bench/RESULTS.md). When another process moved the
+  server's GIL samples in a py-spy profile, bench/RESULTS.md). When another process moved the
   head meanwhile, the statement writes nothing and returns the new head, and
   the append is chained again from there.
 """
@@ -47,6 +47,7 @@ from gateway.store.audit import (
     lock_head,
     save_checkpoint,
 )
+from gateway.store.database import asyncpg_target
 
 T = TypeVar("T")
 
@@ -163,8 +164,7 @@ class PostgresWriter:
     CONNECT_TIMEOUT_SECONDS: Final = 30
 
     def __init__(self, url: str, schema: str | None) -> None:
-        self.dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
-        self.server_settings = {"search_path": schema} if schema else None
+        self.dsn, self.server_settings = asyncpg_target(url, schema)
         self._conn: Any = None
         self._head: Head | None = None
         self._turn = asyncio.Lock()

@@ -78,6 +78,14 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
 
 
+def asyncpg_target(url: str, schema: str | None) -> tuple[str, dict[str, str] | None]:
+    """For what connects with asyncpg itself, beside the engine (the search reads, the log's appends):
+    the DSN of ``url`` (``Settings.resolved_database_url``) and the ``server_settings`` that put
+    ``schema`` first on the search path, as the engine's connections have it."""
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    return dsn, ({"search_path": schema} if schema else None)
+
+
 def is_unavailable(error: BaseException) -> bool:
     """True when ``error`` says the store is down, unreachable or out of capacity (worth a retry).
 

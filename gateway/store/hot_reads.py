@@ -45,6 +45,7 @@ from consent.model import Facts
 from gateway.group_commit import GroupCommit
 from gateway.settings import Settings
 from gateway.store.consents import facts_from_rows
+from gateway.store.database import asyncpg_target
 from gateway.store.schema import consents, resources
 
 #: One search match: resource type, id, the stored JSON.
@@ -296,8 +297,7 @@ class PostgresReads(DriverReads):
         self._patients: GroupCommit[_Wanted] = GroupCommit(self._read_patients, max_batch=256)
         self._facts: GroupCommit[_Wanted] = GroupCommit(self._read_facts, max_batch=256)
         self._careplans: GroupCommit[_Wanted] = GroupCommit(self._read_careplans, max_batch=256)
-        self.dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
-        self.server_settings = {"search_path": schema} if schema else None
+        self.dsn, self.server_settings = asyncpg_target(url, schema)
         self.size = size
         self._pool: Any = None
         self._opening = asyncio.Lock()
@@ -367,7 +367,7 @@ class PostgresReads(DriverReads):
 async def _nothing_to_reset(conn: Any) -> None:
     """The pool's reset for these connections: none. By default asyncpg resets every connection it
     takes back (``RESET ALL``, ``UNLISTEN *``, ``CLOSE ALL``, releasing advisory locks): a round trip
-    for each read, and more of the server's CPU than the read (measured, bench/RESULTS.md). These
+    for each read (without it, 6,348 -> 6,664 searches a second, bench/RESULTS.md). These
     connections only ever run one read at a time outside a transaction, changing no session state;
     asyncpg still rolls back a transaction left open before calling this."""
 
