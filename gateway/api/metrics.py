@@ -15,8 +15,9 @@ Contracts:
   over all workers, whichever worker answers the scrape.
 - What every request adds (its count, latency and log entries, the requests in flight) is tallied
   in this process and added to the instruments at most ``FLUSH_SECONDS`` later, in one step per
-  series, rather than as it happens: in shared files each change is a locked write to a memory
-  map (measured: 10-15 us a search, bench/RESULTS.md). So another worker's scrape sees a
+  series, rather than as it happens (measured: about 10 us a search with one process's values,
+  bench/RESULTS.md; in shared files each change is also a locked write to a memory map, not
+  measured apart). So another worker's scrape sees a
   worker's last second late; the worker answering a scrape adds its own tally first, and a
   stopping worker adds its tally before it goes.
 """
