@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -317,7 +318,10 @@ def _encode(d: Decision) -> str:
     return "|".join((str(d.epoch), d.verdict.value, d.reason.value, d.purpose, d.consent_id or ""))
 
 
+@functools.lru_cache(maxsize=4096)
 def _decode(raw: bytes | str) -> Decision | None:
+    """A cached decision's value as a ``Decision`` (frozen, so one may be shared: most people's
+    decisions encode alike, so a small cache spares parsing and two enum lookups per request)."""
     text = raw.decode() if isinstance(raw, bytes) else raw
     try:
         epoch, verdict, reason, purpose, consent_id = text.split("|")

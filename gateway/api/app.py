@@ -19,10 +19,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
 from gateway.api.errors import answer_for
 from gateway.api.metrics import install_metrics, metrics_of
-from gateway.api.middleware import install_middleware
+from gateway.api.middleware import front, install_middleware, internal_error
 from gateway.api.openapi import install as install_openapi
 from gateway.api.outcome import FHIR_JSON, ApiError, outcome_bytes
 from gateway.api.ratelimit import build_limiter
@@ -39,6 +40,14 @@ from gateway.store.database import UNAVAILABLE_ERRORS, reader
 
 #: How often a serving process deletes idempotency keys past their lifetime.
 PURGE_SECONDS = 600.0
+
+
+class Gateway(FastAPI):
+    """FastAPI with concord's request layer and hot path in front of FastAPI's own outer layers
+    (``gateway.api.middleware``: the searches skip them)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return front(self, super().build_middleware_stack())
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
@@ -78,7 +87,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             for handler in logging.getLogger("concord.access").handlers:
                 handler.flush()  # the access log is written in blocks: the last one now
 
-    app = FastAPI(
+    app = Gateway(
         title="concord",
         summary="FHIR R4 gateway for shared care records, keyed on the NHS number",
         version="0.3.0",
@@ -99,6 +108,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     for handled in (ApiError, DisclosureUnavailable, *UNAVAILABLE_ERRORS):
         app.add_exception_handler(handled, error)
+
+    async def fault(request: Request, _exc: Exception) -> Response:
+        # Starlette's ServerErrorMiddleware answers with this, then re-raises for the server to log.
+        return Response(internal_error(request.state.request_id), 500, media_type=FHIR_JSON)
+
+    app.add_exception_handler(Exception, fault)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> Response:
