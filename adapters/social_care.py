@@ -24,7 +24,9 @@ A case's ``raw`` is a one-case document, ``{"export": header, "cases": [case]}``
 re-serialised from the parsed values (ijson does not give the bytes back), so
 replay needs nothing but ``raw``. Besides the case's own fields the record
 carries ``care_plans`` (the case's ``care_and_support_plans``) and
-``source_ods`` (the header's ``council_ods``).
+``source_ods`` (the header's ``council_ods``). Its ``local_id`` is ``person_id@council_ods``, and
+its plans' ids are keyed on the council too (mappings/specs/social-care.CarePlan.json): two councils
+that happen to use the same person or plan id for one person keep a record each.
 """
 
 from __future__ import annotations
@@ -276,4 +278,10 @@ def _case(case: Any, council_ods: str, location: str, raw: str) -> Item:
         if required not in case or case[required] is None:
             return RecordError(SOURCE, location, "field-missing", required, f"{required} is required", raw)
     fields = {**case, "care_plans": case["care_and_support_plans"], "source_ods": council_ods}
-    return SourceRecord(SOURCE, location, str(local_id).strip(), fields, raw)
+    return SourceRecord(SOURCE, location, qualified(local_id, council_ods), fields, raw)
+
+
+def qualified(person_id: object, council_ods: str) -> str:
+    """A case's local id: the person id qualified by the council's ODS code, so that councils pushing
+    to one gateway cannot replace each other's records (as the FHIR adapter qualifies its senders')."""
+    return f"{str(person_id).strip()}@{council_ods.strip()}"

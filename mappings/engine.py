@@ -98,7 +98,7 @@ class ResourceSpec:
     rules: tuple[Rule, ...]
     #: For resources made per item of a list field (care plans): that field's name.
     for_each: str | None = None
-    #: Fields of the item (or record) that identify the resource at its source.
+    #: Fields of the item (``^field``: of the record) that identify the resource at its source.
     local_id: tuple[str, ...] = ()
     description: str = ""
 

@@ -89,7 +89,8 @@ class Mapper:
         for item in fields.get(specs.care_plan.for_each) or ():
             mapped = self.engine.apply(specs.care_plan, item, fields, {"patient": f"Patient/{patient_id}"})
             out.warnings.extend(mapped.warnings)
-            local = "/".join(str(item.get(k, "")) for k in specs.care_plan.local_id) or record.local_id
+            parts = (_local_part(k, item, fields) for k in specs.care_plan.local_id)
+            local = "/".join(parts) or record.local_id
             plan_id = self.ids.source_resource("CarePlan", record.source, local, nhs)
             body = {
                 "resourceType": "CarePlan",
@@ -103,6 +104,11 @@ class Mapper:
                 provenance(self.ids, record.source, f"CarePlan/{plan_id}", [local], source_ods, "CarePlan")
             )
         return out
+
+
+def _local_part(key: str, item: Mapping[str, Any], fields: Mapping[str, Any]) -> str:
+    """One part of a plan's source id: a field of the plan, or with ``^`` of the record (the source's ODS)."""
+    return str(fields.get(key[1:], "") if key.startswith("^") else item.get(key, ""))
 
 
 def contribution_resource(m: MappedRecord) -> dict[str, Any]:

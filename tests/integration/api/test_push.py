@@ -295,6 +295,31 @@ async def test_a_council_pushes_its_export_and_gets_the_report(
     assert await stored_counts(services) == before
 
 
+async def test_a_council_cannot_replace_another_councils_plan_that_shares_its_ids(
+    app: FastAPI, client: httpx.AsyncClient, services: Services
+) -> None:
+    neighbour = Principal(
+        "neighbour-push", "Neighbouring Council", "Z9B02", Role.SOURCE, COUNCIL.scopes, "social-care"
+    )
+    json_type = {"Content-Type": "application/json"}
+    for who in (COUNCIL, neighbour):
+        export = social_care_export(who.ods_code)
+        response = await client.post(
+            "/ingest/social-care", content=export, headers=auth(app, who, **json_type)
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["new"] == 1  # the same person and plan ids, but the neighbour's own record
+    async with services.engine.connect() as conn:
+        assert (await count_by_type(conn))["CarePlan"] == 2
+        authors = (
+            await conn.execute(
+                text("SELECT version_id, content FROM resources WHERE resource_type = 'CarePlan' ORDER BY id")
+            )
+        ).all()
+    assert sorted(json.loads(c)["author"]["identifier"]["value"] for _, c in authors) == ["Z9A01", "Z9B02"]
+    assert [v for v, _ in authors] == [1, 1]  # neither was replaced
+
+
 async def test_social_care_is_for_the_councils_own_client_and_own_cases(
     app: FastAPI, client: httpx.AsyncClient, services: Services
 ) -> None:

@@ -69,7 +69,7 @@ def test_each_case_is_one_record() -> None:
     assert (record.source, record.location, record.local_id) == (
         "social-care",
         "case 1",
-        str(first["person_id"]),
+        f"{first['person_id']}@Z9A01",  # qualified by the council: two councils cannot collide
     )
     assert record.fields["care_plans"] == first["care_and_support_plans"]
     assert record.fields["source_ods"] == "Z9A01"
@@ -88,7 +88,7 @@ def test_numbers_keep_their_value_and_raw_is_a_one_case_document() -> None:
 def test_binary_stream_with_bom_reads_like_text() -> None:
     case = a_case()
     items = read(b"\xef\xbb\xbf" + document(case).encode())
-    assert [i.local_id for i in items if isinstance(i, SourceRecord)] == [str(case["person_id"])]
+    assert [i.local_id for i in items if isinstance(i, SourceRecord)] == [f"{case['person_id']}@Z9A01"]
 
 
 def test_unknown_top_level_members_are_passed_over() -> None:
@@ -277,7 +277,7 @@ def test_reread_of_a_corrected_case_gives_the_record() -> None:
     fixed_raw = json.loads(broken.raw)
     fixed_raw["cases"][0]["care_and_support_plans"] = plans
     (fixed,) = SocialCareAdapter().reread(json.dumps(fixed_raw), broken.location)
-    assert isinstance(fixed, SourceRecord) and fixed.local_id == str(case["person_id"])
+    assert isinstance(fixed, SourceRecord) and fixed.local_id == f"{case['person_id']}@Z9A01"
 
 
 @pytest.mark.parametrize(

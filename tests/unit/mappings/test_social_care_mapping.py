@@ -118,10 +118,27 @@ def test_a_good_case_maps_to_valid_uk_core(mapper: Mapper) -> None:
     mapped = mapper.map(record(case))
     validate_mapped(mapped)
     assert mapped.warnings == []
-    assert (mapped.nhs_number, mapped.local_id) == (case["person"]["nhs_number"], str(case["person_id"]))
+    assert (mapped.nhs_number, mapped.local_id) == (
+        case["person"]["nhs_number"],
+        f"{case['person_id']}@Z9A01",
+    )
     assert mapped.source_ods == "Z9A01"
     provenance = mapped.resources[1]
     assert provenance["agent"][0]["who"]["identifier"]["value"] == "Z9A01"
+
+
+def test_two_councils_with_the_same_ids_for_one_person_keep_a_plan_each(mapper: Mapper) -> None:
+    case = a_case()
+    ours = mapper.map(record(case))
+    doc = json.dumps({"export": {**HEADER, "council_ods": "Z9B02"}, "cases": [case]})
+    (item,) = SocialCareAdapter().read(io.StringIO(doc))
+    assert isinstance(item, SourceRecord)
+    theirs = mapper.map(item)
+    assert ours.local_id != theirs.local_id
+    assert care_plan(ours)["id"] != care_plan(theirs)["id"]
+    # what each council calls the plan is unchanged, under its own identifier system
+    assert care_plan(ours)["identifier"][0]["value"] == care_plan(theirs)["identifier"][0]["value"]
+    assert care_plan(ours)["identifier"][0]["system"] != care_plan(theirs)["identifier"][0]["system"]
 
 
 def test_demographics(mapper: Mapper) -> None:
