@@ -16,7 +16,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from gateway.api.outcome import Forbidden, Unauthorized
+from gateway.api.outcome import Unauthorized, insufficient_scope
 from gateway.api.principal import Principal
 from gateway.api.ratelimit import RateLimiter
 from gateway.api.tokens import AccessTokens
@@ -73,7 +73,7 @@ def check_scopes(principal: Principal, scopes: tuple[str, ...]) -> None:
     """403 unless the caller holds every one of ``scopes``."""
     missing = [s for s in scopes if not principal.allows(s)]
     if missing:
-        raise Forbidden(f"scope {missing[0]} is required", code="forbidden")
+        raise insufficient_scope(*scopes, diagnostics=f"scope {missing[0]} is required")
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

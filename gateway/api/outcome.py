@@ -54,6 +54,12 @@ class Forbidden(ApiError):
     code = "forbidden"
 
 
+def insufficient_scope(*scopes: str, diagnostics: str | None = None) -> Forbidden:
+    """403 for a token without a scope the request needs, with RFC 6750's challenge naming them."""
+    challenge = f'Bearer error="insufficient_scope", scope="{" ".join(scopes)}"'
+    return Forbidden(diagnostics or f"scope {scopes[0]} is required", headers={"WWW-Authenticate": challenge})
+
+
 class Conflict(ApiError):
     status = 409
     code = "conflict"

@@ -34,7 +34,7 @@ from sqlalchemy import select, tuple_
 from adapters.fhir import FhirBundleAdapter
 from adapters.records import AdapterError, Item, SourceRecord
 from adapters.social_care import SocialCareAdapter
-from gateway.api.outcome import BadRequest, Forbidden, operation_outcome
+from gateway.api.outcome import BadRequest, Forbidden, insufficient_scope, operation_outcome
 from gateway.api.principal import Principal
 from gateway.bootstrap import Services
 from gateway.report import IngestReport
@@ -210,7 +210,7 @@ def _check_type_scopes(principal: Principal, entries: Iterable[Any]) -> None:
     for rtype in WRITTEN_TYPES:
         scope = f"system/{rtype}.write"
         if rtype in present and not principal.allows(scope):
-            raise Forbidden(f"scope {scope} is required to push {rtype} entries")
+            raise insufficient_scope(scope, diagnostics=f"scope {scope} is required to push {rtype} entries")
 
 
 async def _read_all(read: Any, body: bytes) -> list[Item]:

@@ -33,7 +33,15 @@ from consent.model import Verdict
 from gateway.api import openapi
 from gateway.api.consent_resource import ConsentError, parse_opt_out, parse_withdrawal, patient_nhs_number
 from gateway.api.deps import Caller, RequestId, ServicesDep
-from gateway.api.outcome import FHIR_JSON, ApiError, BadRequest, Forbidden, NotFound, ignored_parameters
+from gateway.api.outcome import (
+    FHIR_JSON,
+    ApiError,
+    BadRequest,
+    Forbidden,
+    NotFound,
+    ignored_parameters,
+    insufficient_scope,
+)
 from gateway.api.principal import Principal, Role
 from gateway.api.routes.fhir_write import UnsupportedMediaType
 from gateway.api.search import IDENTIFIER, Limits, parse, strict_handling
@@ -71,7 +79,7 @@ def allowed(roles: frozenset[Role], scope: str, what: str) -> Callable[[Principa
             names = ", ".join(sorted(r.value for r in roles))
             raise Forbidden(f"{what} is open to the roles {names} only")
         if not principal.allows(scope):
-            raise Forbidden(f"scope {scope} is required")
+            raise insufficient_scope(scope)
         return principal
 
     return check

@@ -39,7 +39,7 @@ from gateway.api.fhir_responses import (
     resource_response,
     searchset,
 )
-from gateway.api.outcome import BadRequest, Forbidden, NotFound
+from gateway.api.outcome import BadRequest, NotFound, insufficient_scope
 from gateway.api.principal import Principal
 from gateway.api.search import (
     CAREPLAN_SEARCH,
@@ -232,7 +232,9 @@ async def careplan_search(ctx: Context) -> bytes:
     if query.person is None:
         raise BadRequest("a CarePlan search needs patient, subject or subject:identifier", code="required")
     if query.include_subject and not ctx.principal.allows(PATIENT_READ):
-        raise Forbidden(f"scope {PATIENT_READ} is required for _include=CarePlan:subject")
+        raise insufficient_scope(
+            PATIENT_READ, diagnostics=f"scope {PATIENT_READ} is required for _include=CarePlan:subject"
+        )
     offset = ctx.offset("CarePlan", query)
     person = query.person
     nhs_number = person.nhs_number or await ctx.owner("Patient", person.patient_id)

@@ -32,7 +32,15 @@ from fastapi.responses import Response
 
 from gateway.api import openapi
 from gateway.api.deps import Caller, RequestId, ServicesDep
-from gateway.api.outcome import FHIR_JSON, ApiError, BadRequest, Conflict, Forbidden, outcome_bytes
+from gateway.api.outcome import (
+    FHIR_JSON,
+    ApiError,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    insufficient_scope,
+    outcome_bytes,
+)
 from gateway.api.principal import Principal, Role
 from gateway.api.push import Pushed, PushService
 from gateway.bootstrap import Services
@@ -64,10 +72,10 @@ def source_client(
         if principal.source != source:
             raise Forbidden(f"this client may not push {source} records: it writes its own source's only")
         if not any(principal.allows(scope) for scope in any_of):
-            raise Forbidden(f"scope {any_of[0]} is required")
+            raise insufficient_scope(*any_of, diagnostics=f"scope {any_of[0]} is required")
         for scope in all_of:
             if not principal.allows(scope):
-                raise Forbidden(f"scope {scope} is required")
+                raise insufficient_scope(scope)
         return principal
 
     return check

@@ -428,10 +428,14 @@ async def test_no_token_or_a_wrong_scope_is_refused_before_anything_is_read(api:
     before = await api.log_rows()
     response = await api.get(url, who=None)
     outcome(response, 401, "login")
-    assert response.headers["www-authenticate"] == "Bearer"
-    outcome(await api.get(url, Authorization="Bearer not-a-token", who=None), 401, "login")
+    assert response.headers["www-authenticate"] == "Bearer"  # no token: a bare challenge (RFC 6750 3.1)
+    invalid = await api.get(url, Authorization="Bearer not-a-token", who=None)
+    outcome(invalid, 401, "login")
+    assert invalid.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
     wrong = PLANS_ONLY if "Patient" in path else PATIENTS_ONLY
-    outcome(await api.get(url, who=wrong), 403, "forbidden")
+    refused = await api.get(url, who=wrong)
+    outcome(refused, 403, "forbidden")
+    assert refused.headers["www-authenticate"].startswith('Bearer error="insufficient_scope", scope="system/')
     assert await api.log_rows() == before
 
 
@@ -499,6 +503,16 @@ async def test_the_hot_path_refuses_as_the_route_does(api: Api) -> None:
     assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
     wrong_scope = await api.get(url, who=PLANS_ONLY)
     assert wrong_scope.status_code == 403 and wrong_scope.json()["issue"][0]["code"] == "forbidden"
+    assert (
+        wrong_scope.headers["www-authenticate"]
+        == 'Bearer error="insufficient_scope", scope="system/Patient.read"'
+    )
+    invalid = await api.get(url, Authorization="Bearer x.y.z", who=None)
+    routed_invalid = await api.client.request(
+        "GET", url, content=b"{}", headers={"Authorization": "Bearer x.y.z"}
+    )
+    assert invalid.status_code == routed_invalid.status_code == 401
+    assert invalid.headers["www-authenticate"] == routed_invalid.headers["www-authenticate"]
     xml = await api.get(url + "&_format=xml")
     assert xml.status_code == 406
     routed = await api.client.request("GET", url, content=b"{}", headers={"Authorization": "Basic x"})

@@ -39,6 +39,8 @@ def test_a_remembered_token_is_refused_once_it_expires(clock: Clock) -> None:
     with pytest.raises(Unauthorized) as refused:
         tokens.verify(token)
     assert refused.value.code == "expired"
+    challenge = refused.value.headers["WWW-Authenticate"]
+    assert challenge == 'Bearer error="invalid_token", error_description="the access token expired"'
 
 
 def test_a_token_expired_by_the_clock_is_refused_on_first_sight(clock: Clock) -> None:
