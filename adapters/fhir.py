@@ -11,6 +11,8 @@ Entry-level problems are RecordErrors (stable reasons):
 
     fhir-invalid-entry            not an object, no resource or no resourceType
     fhir-delete-not-supported     request.method DELETE
+    fhir-method-not-supported     request.method other than POST and PUT (GET, HEAD, PATCH ...)
+    fhir-url-mismatch             request.url names another type, or (PUT) another id, than the resource
     fhir-unsupported-resource     anything but Patient, CarePlan (and Provenance, ignored)
     fhir-unresolved-reference     a CarePlan whose subject matches no Patient entry, or several
     fhir-nhs-number-conflict      a Patient with two different NHS numbers
@@ -183,13 +185,42 @@ def _entry_problem(entry: Any) -> tuple[str, str | None, str] | None:
     if not isinstance(entry, Mapping):
         return "fhir-invalid-entry", None, "entry is not a JSON object"
     request = entry.get("request")
-    if isinstance(request, Mapping) and str(request.get("method", "")).upper() == "DELETE":
+    request = request if isinstance(request, Mapping) else {}
+    method = str(request.get("method", "")).upper()
+    if method == "DELETE":
         return "fhir-delete-not-supported", "request.method", "DELETE entries are not accepted"
+    if method and method not in WRITE_METHODS:
+        shown = method if method in ("GET", "HEAD", "PATCH") else "this method"
+        detail = f"{shown} entries are not accepted (POST or PUT)"
+        return "fhir-method-not-supported", "request.method", detail
     resource = entry.get("resource")
     if not isinstance(resource, Mapping):
         return "fhir-invalid-entry", "resource", "entry has no resource object"
     if not isinstance(resource.get("resourceType"), str):
         return "fhir-invalid-entry", "resource.resourceType", "resource has no resourceType"
+    return _url_problem(method, _str(request.get("url")), resource)
+
+
+#: The methods of the entries this gateway takes: creates and updates (FHIR R4 transaction processing).
+WRITE_METHODS: Final = frozenset({"POST", "PUT"})
+
+
+def _url_problem(method: str, url: str | None, resource: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """An entry whose ``request.url`` names another type, or (a PUT) another id, than its resource
+    (FHIR R4 update: the server SHALL reject a body whose id differs from the URL's)."""
+    if url is None:
+        return None
+    path, _, search = url.partition("?")
+    parts = path.rstrip("/").split("/")
+    if method == "PUT" and not search and len(parts) >= 2:  # [base/]Type/id
+        rtype, rid = parts[-2], parts[-1]
+    else:  # [base/]Type, or a conditional update's [base/]Type?search
+        rtype, rid = parts[-1], None
+    if rtype != resource["resourceType"]:
+        return "fhir-url-mismatch", "request.url", "request.url names another resource type than the resource"
+    body_id = _str(resource.get("id"))
+    if rid is not None and body_id is not None and rid != body_id:
+        return "fhir-url-mismatch", "request.url", "request.url names another id than the resource's"
     return None
 
 

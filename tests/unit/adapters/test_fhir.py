@@ -282,6 +282,41 @@ def test_entry_errors_keep_their_place_and_the_rest_is_read() -> None:
     assert errors(items)[4].detail.startswith("Observation entries are not accepted")
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PATCH", "OPTIONS"])
+def test_only_creates_and_updates_are_taken(method: str) -> None:
+    items = read(bundle(entry(richard(), method=method), entry(with_number(richard(), "9990000026"))))
+    assert [(i.location, i.reason) for i in errors(items)] == [("entry 0", "fhir-method-not-supported")]
+    assert errors(items)[0].field == "request.method"
+    assert len(records(items)) == 1  # the next entry still goes through
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "problem"),
+    [
+        ("PUT", "Patient/p-other", "another id"),  # FHIR update: body id and URL id must agree
+        ("PUT", "https://ehr.example.nhs.uk/fhir/Patient/p-other", "another id"),
+        ("POST", "CarePlan", "another resource type"),
+        ("PUT", "CarePlan/p1", "another resource type"),
+        ("PUT", "Patient/p1", None),
+        ("PUT", "https://ehr.example.nhs.uk/fhir/Patient/p1", None),
+        ("PUT", f"Patient?identifier={NHS}|{TEST_NUMBER}", None),  # a conditional update
+        ("POST", "Patient", None),
+        ("POST", "https://ehr.example.nhs.uk/fhir/Patient/", None),
+    ],
+)
+def test_the_request_url_must_name_the_entrys_own_type_and_id(
+    method: str, url: str, problem: str | None
+) -> None:
+    patient = {**richard(), "id": "p1"}
+    items = read(bundle({"resource": patient, "request": {"method": method, "url": url}}))
+    if problem is None:
+        assert errors(items) == [] and len(records(items)) == 1
+    else:
+        [error] = errors(items)
+        assert (error.reason, error.field) == ("fhir-url-mismatch", "request.url")
+        assert problem in error.detail
+
+
 def test_ambiguous_and_conflicting_nhs_numbers_are_not_guessed() -> None:
     twin = {"resourceType": "Patient", "identifier": [{"system": NHS, "value": TEST_NUMBER}]}
     plan = {
