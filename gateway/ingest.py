@@ -184,8 +184,9 @@ class Ingestor:
         current = await current_versions(conn, batch.loaded)
         for record, m in mapped:
             self._accept(record, m, by_person, current, batch)
-        await self._retire_merged(conn, mapped, by_person, batch)
         await people.save_contributions(conn, list(batch.contributions.values()))
+        # After saving: a merge also retires an old local id that this same batch staged.
+        await self._retire_merged(conn, mapped, by_person, batch)
         for number in sorted(batch.touched):
             await self._rebuild_person(conn, number, by_person.get(number, {}), current, batch)
         await people.set_conflicts(conn, batch.conflicts, batch.when)

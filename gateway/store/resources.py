@@ -60,12 +60,19 @@ async def current_versions(conn: AsyncConnection, keys: Iterable[Key]) -> dict[K
 
 
 async def write_versions(conn: AsyncConnection, versions: Sequence[Version]) -> None:
-    """Insert or update current rows, append history, and queue one outbox row per version."""
+    """Insert or update current rows, append history, and queue one outbox row per version.
+
+    A batch may hold several versions of one resource (a hospital stay discharged, then the
+    discharge cancelled): every version goes into the history and the outbox, and the current
+    row is written once, as the latest, from the version before the batch's first (an insert
+    when that first is version 1).
+    """
     if not versions:
         return
     history_rows = []
-    inserts = []
     outbox_rows = []
+    #: (type, id) -> (the batch's first version of it, the row of its latest)
+    current: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
     for v in versions:
         body = orjson.dumps(v.content).decode()
         row = {
@@ -98,22 +105,29 @@ async def write_versions(conn: AsyncConnection, versions: Sequence[Version]) -> 
                 "created_at": v.last_updated,
             }
         )
-        if v.version_id == 1:
+        key = (v.resource_type, v.id)
+        first, latest = current.get(key, (v.version_id, row))
+        if v.version_id < first or (key in current and v.version_id != latest["version_id"] + 1):
+            raise ConcurrentWrite(v.resource_type)  # versions of one resource must follow one another
+        current[key] = (first, row)
+    inserts = []
+    for (rtype, rid), (first, row) in current.items():
+        if first == 1:
             inserts.append(row)
-        else:
-            result = await conn.execute(
-                update(resources)
-                .where(
-                    and_(
-                        resources.c.resource_type == v.resource_type,
-                        resources.c.id == v.id,
-                        resources.c.version_id == v.version_id - 1,
-                    )
+            continue
+        result = await conn.execute(
+            update(resources)
+            .where(
+                and_(
+                    resources.c.resource_type == rtype,
+                    resources.c.id == rid,
+                    resources.c.version_id == first - 1,
                 )
-                .values(**row)
             )
-            if result.rowcount != 1:
-                raise ConcurrentWrite(v.resource_type)
+            .values(**row)
+        )
+        if result.rowcount != 1:
+            raise ConcurrentWrite(rtype)
     await conn.execute(resource_history.insert(), history_rows)
     if inserts:
         await conn.execute(resources.insert(), inserts)

@@ -140,3 +140,46 @@ async def test_an_hl7_merge_retires_the_old_hospital_number(services: Services) 
             await conn.execute(select(contributions.c.local_id).where(contributions.c.source == "acute"))
         ).all()
     assert [r[0] for r in held] == ["H2"]
+
+
+async def test_a_merge_retires_an_old_hospital_number_seen_earlier_in_the_same_file(
+    services: Services,
+) -> None:
+    old = f"PID|1||H1^^^R9Z01^MR~{NHS}^^^NHS^NH||Oldname^Ann||19500102|F"
+    new = f"PID|1||H2^^^R9Z01^MR~{NHS}^^^NHS^NH||Newname^Ann||19500102|F"
+    data = adt("A01", old) + adt("A40", new, "MRG|H1^^^R9Z01^MR")
+    report = await services.ingestor.run("acute", AcuteAdapter().read(io.BytesIO(data)), "merge.hl7")
+    assert report.accepted == 2
+    async with services.engine.connect() as conn:
+        held = (
+            await conn.execute(select(contributions.c.local_id).where(contributions.c.source == "acute"))
+        ).all()
+        patient = orjson.loads(await read_current(conn, "Patient", services.mapper.ids.patient(NHS)) or b"{}")
+    assert [r[0] for r in held] == ["H2"]
+    assert patient["name"][0]["family"] == "Newname"
+
+
+async def test_one_stay_changed_twice_in_one_file_keeps_both_versions(services: Services) -> None:
+    """A discharge and its cancellation in one batch: the care plan is written twice, in order."""
+    pid = f"PID|1||H1^^^R9Z01^MR~{NHS}^^^NHS^NH||Smith^Ann||19500102|F"
+    pv1 = "PV1|1|I|W7^^^R9Z01|||||||110|||||||||V10"  # PV1-19: the visit number
+    follow_up = "OBX|1|CWE|FOLLOWUP^Follow-up^L|1|BLOODS^Blood test^L||||||F|||20260410"
+    data = adt("A03", pid, pv1, follow_up) + adt("A13", pid, pv1)
+    report = await services.ingestor.run("acute", AcuteAdapter().read(io.BytesIO(data)), "stay.hl7")
+    assert (report.accepted, sum(report.quarantined.values())) == (2, 0)
+    async with services.engine.connect() as conn:
+        (plan_id,) = (
+            await conn.execute(
+                select(outbox.c.resource_id).where(outbox.c.resource_type == "CarePlan").distinct()
+            )
+        ).one()
+        versions = [orjson.loads(v) for v in await history(conn, "CarePlan", plan_id)]
+        current = orjson.loads(await read_current(conn, "CarePlan", plan_id) or b"{}")
+        queued = (
+            await conn.execute(
+                select(func.count()).select_from(outbox).where(outbox.c.resource_id == plan_id)
+            )
+        ).scalar_one()
+    assert [(v["meta"]["versionId"], v["status"]) for v in versions] == [("2", "revoked"), ("1", "active")]
+    assert current == versions[0]
+    assert queued == 2  # each version is published
