@@ -473,6 +473,8 @@ def parse_date(value: Any) -> date | None:
         text = text[:8]  # HL7 TS: date part of YYYYMMDDhhmmss
     elif "T" in text:
         text = text.split("T", 1)[0]
+    if text.isdigit() and len(text) != 8:
+        return None  # strptime would read "195013" as 1950-01-03: compact dates are YYYYMMDD exactly
     for fmt in _DATE_FORMATS:
         try:
             return datetime.strptime(text, fmt).date()
@@ -481,11 +483,30 @@ def parse_date(value: Any) -> date | None:
     return None
 
 
+#: A date known to the year or the month only: HL7 TS/DT ``YYYY``, ``YYYYMM`` (a partly unknown date of
+#: birth) or ISO ``YYYY-MM``. FHIR's date and dateTime carry such precision as ``1980`` and ``1980-06``.
+_PARTIAL_DATE = re.compile(r"(\d{4})(?:-?(\d{2}))?")
+
+
+def partial_date(value: Any) -> str | None:
+    """``YYYY`` or ``YYYY-MM`` for a date known to the year or month only; None for anything else."""
+    found = _PARTIAL_DATE.fullmatch(_text(value) or "")
+    if found is None:
+        return None
+    year, month = int(found.group(1)), found.group(2)
+    if not 1880 <= year <= date.today().year + 1 or (month is not None and not 1 <= int(month) <= 12):
+        return None
+    return found.group(1) if month is None else f"{found.group(1)}-{month}"
+
+
 def _date(value: Any, rule: Rule) -> str:
     parsed = parse_date(value)
-    if parsed is None or parsed.year < 1880:
+    if parsed is not None and parsed.year >= 1880:
+        return parsed.isoformat()
+    partial = partial_date(value)
+    if partial is None:
         raise MappingError(MappingIssue("invalid-date", rule.field, "not a date"))
-    return parsed.isoformat()
+    return partial
 
 
 def parse_datetime(value: Any) -> datetime | None:
@@ -511,6 +532,9 @@ def parse_datetime(value: Any) -> datetime | None:
 
 def _datetime(value: Any, rule: Rule) -> str:
     parsed = parse_datetime(value)
-    if parsed is None:
+    if parsed is not None:
+        return parsed.isoformat()
+    partial = partial_date(value)  # HL7 DTM and FHIR dateTime may stop at the year or month
+    if partial is None:
         raise MappingError(MappingIssue("invalid-datetime", rule.field, "not a date and time"))
-    return parsed.isoformat()
+    return partial

@@ -199,6 +199,9 @@ def test_upper(engine: Engine) -> None:
         ("1950-01-02T10:00:00Z", "1950-01-02"),
         (" 1950-01-02 ", "1950-01-02"),
         ("29/02/2024", "2024-02-29"),
+        ("1950", "1950"),  # HL7 DT/TS and FHIR date to the year: a partly unknown date of birth
+        ("195006", "1950-06"),  # ... or to the month
+        ("1950-06", "1950-06"),
     ],
 )
 def test_date_forms(engine: Engine, raw: str, expected: str) -> None:
@@ -206,7 +209,18 @@ def test_date_forms(engine: Engine, raw: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", ["30/02/2024", "2024-13-01", "02-01-1950", "yesterday", "1879-12-31", "2024-01-01X", "1950"]
+    "raw",
+    [
+        "30/02/2024",
+        "2024-13-01",
+        "02-01-1950",
+        "yesterday",
+        "1879-12-31",
+        "2024-01-01X",
+        "195013",
+        "1879",
+        "300744",
+    ],
 )
 def test_invalid_date(engine: Engine, raw: str) -> None:
     error = failure(engine, [{"element": "x", "field": "dob", "transform": "date"}], {"dob": raw})
@@ -229,6 +243,8 @@ def test_invalid_date(engine: Engine, raw: str) -> None:
         ("2024-12-15T09:30:00", "2024-12-15T09:30:00+00:00"),
         ("2024-07-15T09:30:00Z", "2024-07-15T09:30:00+00:00"),
         ("2024-07-15T09:30:00+02:00", "2024-07-15T09:30:00+02:00"),
+        ("202407", "2024-07"),  # HL7 DTM and FHIR dateTime to the month
+        ("2024", "2024"),
     ],
 )
 def test_datetime_forms(engine: Engine, raw: str, expected: str) -> None:
@@ -242,7 +258,7 @@ def test_datetime_either_side_of_the_clocks_going_forward(engine: Engine) -> Non
 
 
 @pytest.mark.parametrize(
-    "raw", ["2024-13-01T00:00:00", "202407", "20240715093", "not a time", "2024071509300"]
+    "raw", ["2024-13-01T00:00:00", "202413", "20240715093", "not a time", "2024071509300"]
 )
 def test_invalid_datetime(engine: Engine, raw: str) -> None:
     error = failure(engine, [{"element": "x", "field": "when", "transform": "datetime"}], {"when": raw})
