@@ -30,7 +30,7 @@ from typing import IO, Any, Final
 import hl7
 from hl7.exceptions import HL7Exception
 
-from adapters.hl7_framing import Unit, decode, messages, segments, segments_of
+from adapters.hl7_framing import Unit, decode, decode_text, messages, segments, segments_of
 from adapters.records import Item, RecordError, SourceRecord
 
 SOURCE: Final = "acute"
@@ -102,6 +102,8 @@ class AcuteAdapter:
 
 def interpret(text: str, location: str) -> Item:
     """One message (segments separated by CR) to a SourceRecord or a RecordError."""
+    if text[:3] != "MSH" and text[:3].upper() == "MSH":
+        text = "MSH" + text[3:]  # segment ids are upper case (python-hl7 finds the header by "MSH")
     problem = _msh_problem(text)
     if problem is not None:
         return RecordError(SOURCE, location, "hl7-unreadable", problem[0], problem[1], text)
@@ -213,7 +215,7 @@ class _Unescaper:
         if code in self.table:
             return self.table[code]
         if code[:1] == "X" and re.fullmatch(r"(?:[0-9A-Fa-f]{2})+", code[1:]):
-            return bytes.fromhex(code[1:]).decode("latin-1")
+            return decode_text(bytes.fromhex(code[1:]))  # hex data in the message's own character set
         return ""  # highlighting and unknown sequences carry no data
 
 

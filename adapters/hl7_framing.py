@@ -82,7 +82,7 @@ def messages(lines: Iterator[bytes | None], limit: int, strict: bool) -> Iterato
         line = line.removeprefix(_BOM).strip()
         if not line:
             continue
-        head = line[:3]
+        head = line[:3].upper()  # segment ids are upper case; a sender's lower-case ``msh`` still starts one
         if strict and not seen and head not in _STARTS:
             raise AdapterError("not an HL7 v2 file: the first segment is not MSH, FHS or BHS")
         seen = True
@@ -119,8 +119,16 @@ def _oversize(unit: Unit | None) -> Unit:
 
 
 def decode(segments: list[bytes]) -> str:
-    data = b"\r".join(segments)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
+    return decode_text(b"\r".join(segments))
+
+
+def decode_text(data: bytes) -> str:
+    """UTF-8 when the bytes are UTF-8; else Windows-1252, the superset of Latin-1 that systems
+    labelled ISO 8859-1 actually send (0x92 is a right single quotation mark, not a C1 control);
+    else Latin-1."""
+    for encoding in ("utf-8", "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")

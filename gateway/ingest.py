@@ -87,6 +87,8 @@ class _Batch:
     conflicts: dict[str, list[Conflict]] = field(default_factory=dict)
     #: GP rows whose opt-out code is new or changed: the consent register follows them.
     opt_outs: list[GpOptOut] = field(default_factory=list)
+    #: (source, local id) that a merge in this batch retires: their contributions are not staged.
+    superseded: set[tuple[str, str]] = field(default_factory=set)
     #: People whose consent changed in this batch, with their new epochs (caches are told after commit).
     consent_epochs: dict[str, int] = field(default_factory=dict)
 
@@ -181,12 +183,12 @@ class Ingestor:
         for c in stored:
             by_person.setdefault(c.nhs_number, {})[(c.source, c.local_id)] = c
         batch.loaded = _keys(mapped, self.mapper)
+        batch.superseded = {(m.source, m.replaces_local_id) for _, m in mapped if m.replaces_local_id}
         current = await current_versions(conn, batch.loaded)
         for record, m in mapped:
             self._accept(record, m, by_person, current, batch)
-        await people.save_contributions(conn, list(batch.contributions.values()))
-        # After saving: a merge also retires an old local id that this same batch staged.
         await self._retire_merged(conn, mapped, by_person, batch)
+        await people.save_contributions(conn, list(batch.contributions.values()))
         for number in sorted(batch.touched):
             await self._rebuild_person(conn, number, by_person.get(number, {}), current, batch)
         await people.set_conflicts(conn, batch.conflicts, batch.when)
@@ -310,6 +312,8 @@ class Ingestor:
         if previous is not None and _older(m.recorded, previous.recorded):
             # An older message arriving late (or an event feed re-read) never overwrites newer demographics.
             pass
+        elif (m.source, m.local_id) in batch.superseded:
+            pass  # a merge in this batch retires this local id (HL7 A40): its demographics are not kept
         elif previous is None or previous.content_hash != chash or previous.opt_out_code != m.opt_out_code:
             outcomes.append("new" if previous is None else "changed")
             contribution = StoredContribution(

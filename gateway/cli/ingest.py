@@ -117,5 +117,6 @@ def print_summary(report: IngestReport) -> None:
         + ", ".join(f"{t}: " + " ".join(f"{k} {v}" for k, v in c.items()) for t, c in d["resources"].items())
     )
     if report.quarantined_total:
-        lines.append(f"  see: concord quarantine list --source {report.source}")
+        narrowed = f" --source {report.source}" if report.source in ADAPTERS else ""  # a replay spans sources
+        lines.append(f"  see: concord quarantine list{narrowed}")
     click.echo("\n".join(lines))

@@ -120,3 +120,13 @@ def test_view_prints_the_shared_care_view(flow: dict) -> None:
     assert bundle["entry"][0]["resource"]["resourceType"] == "Patient"
     unknown = concord(flow["data"], "view", "9999999999")
     assert unknown.returncode == 2 and unknown.stdout == ""
+
+
+def test_a_replay_summary_points_at_a_command_that_works(flow: dict) -> None:
+    replayed = concord(flow["data"], "quarantine", "replay", "--all")
+    assert replayed.returncode in (0, 1), replayed.stderr  # nothing was fixed: the records stay open
+    hint = next(line for line in replayed.stdout.splitlines() if "see: concord" in line)
+    command = hint.split("see: concord", 1)[1].split()
+    assert command[:2] == ["quarantine", "list"]
+    listed = concord(flow["data"], *command)
+    assert listed.returncode == 0, listed.stderr

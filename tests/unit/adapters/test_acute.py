@@ -228,6 +228,27 @@ def test_latin1_bytes_are_decoded_when_the_message_is_not_utf8() -> None:
     assert (record.fields["family_name"], record.fields["given_names"]) == ("Renée", "Zoë")
 
 
+def test_windows_1252_bytes_labelled_latin1_are_read_as_windows_1252() -> None:
+    data = (
+        adt("PID|1||H1^^^X^MR||O\x92Neill^Ann").decode("utf-8").encode("latin-1")
+    )  # 0x92: an apostrophe in 1252
+    assert only_record(read_bytes(data)).fields["family_name"] == "O\u2019Neill"
+
+
+def test_hex_escapes_are_read_in_the_messages_own_character_set() -> None:
+    record = only_record(read_bytes(adt("PID|1||H1^^^X^MR||Caf\\XC3A9\\^Ren\\XC3A9\\")))
+    assert (record.fields["family_name"], record.fields["given_names"]) == ("Café", "René")
+
+
+def test_a_lower_case_msh_still_starts_a_message() -> None:
+    first, second = adt("PID|1||H1^^^X^MR||Smith^Ann"), adt("PID|1||H2^^^X^MR||Jones^Bo")
+    items = read_bytes(first + b"msh" + second[3:])
+    assert [(i.location, type(i).__name__) for i in items] == [
+        ("message 1", "SourceRecord"),
+        ("message 2", "SourceRecord"),
+    ]
+
+
 def test_escape_sequences_are_decoded() -> None:
     record = only_record(read_bytes(adt(r"PID|1||H1^^^X^MR||Smith\T\Jones^\X41\nn||||||1 Mill Lane\F\B")))
     assert record.fields["family_name"] == "Smith&Jones"
