@@ -77,6 +77,7 @@ STANDARD_TYPES = {
     "outcome": "token",
     "category": "token",
     "purpose": "token",
+    "altid": "token",
 }
 #: The OpenAPI extension a search route may carry to declare its parameters here:
 #: ``openapi_extra={"x-fhir-search": [{"name": "patient", "type": "reference", "documentation": "..."}]}``.
@@ -189,8 +190,16 @@ def _declared_params(operation: dict[str, Any]) -> dict[str, dict[str, str]]:
     listed = operation.get(EXTRA)
     if isinstance(listed, list):
         return {p["name"]: {k: str(v) for k, v in p.items()} for p in listed if "name" in p and "type" in p}
-    names = (p.get("name") for p in operation.get("parameters", ()) if p.get("in") == "query")
-    return {n: {"name": n, "type": STANDARD_TYPES[n]} for n in names if n in STANDARD_TYPES}
+    declared: dict[str, dict[str, str]] = {}
+    for param in operation.get("parameters", ()):
+        name = param.get("name") if param.get("in") == "query" else None
+        # patient.identifier (chained) and patient:identifier (a modifier) are forms of patient
+        base = re.split(r"[:.]", name)[0] if isinstance(name, str) else None
+        if base in STANDARD_TYPES and base not in declared:
+            declared[base] = {"name": base, "type": STANDARD_TYPES[base]}
+            if param.get("description"):
+                declared[base]["documentation"] = str(param["description"])
+    return declared
 
 
 def _resource(rtype: str, kinds: set[str], declared: dict[str, dict[str, str]]) -> dict[str, Any]:

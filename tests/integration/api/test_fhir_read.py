@@ -175,6 +175,11 @@ def test_metadata_reads_what_other_routers_declare() -> None:
     @router.get("/AuditEvent")
     async def events(date: str | None = None, colour: str | None = None) -> None: ...
 
+    chained = {"parameters": [{"name": "patient.identifier", "in": "query", "description": "NHS number"}]}
+
+    @router.get("/Flag", openapi_extra=chained)
+    async def flags() -> None: ...
+
     @router.post("")
     async def transaction() -> None: ...
 
@@ -195,7 +200,21 @@ def test_metadata_reads_what_other_routers_declare() -> None:
             "interaction": [{"code": "update"}, {"code": "search-type"}],
             "searchParam": [{"name": "patient", "type": "reference", "documentation": "NHS number"}],
         },
+        {  # a chained parameter is declared as its base parameter, with the route's description
+            "type": "Flag",
+            "interaction": [{"code": "search-type"}],
+            "searchParam": [{"name": "patient", "type": "reference", "documentation": "NHS number"}],
+        },
     ]
+
+
+async def test_metadata_lists_the_consent_and_audit_searches_that_work(api: Api) -> None:
+    body = (await api.get("/fhir/metadata", who=None)).json()
+    by_type = {r["type"]: r for r in body["rest"][0]["resource"]}
+    assert [p["name"] for p in by_type["Consent"]["searchParam"]] == ["patient"]
+    audit = {p["name"]: p for p in by_type["AuditEvent"]["searchParam"]}
+    assert {"patient", "agent", "altid", "date", "outcome", "subtype", "action", "type"} <= set(audit)
+    assert "ODS code" in audit["agent"]["documentation"]
 
 
 async def test_metadata_only_in_json(api: Api) -> None:
