@@ -69,6 +69,80 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+#: Further error answers of a route that takes a body (opt-outs), and of a push (Idempotency-Key).
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: answer("The body is over the configured limit (CONCORD_MAX_BODY_BYTES; also once inflated)"),
+    415: answer("The Content-Type (or Content-Encoding) is not one this route reads"),
+}
+PUSH_ERRORS: dict[int | str, dict[str, Any]] = {
+    409: answer("The Idempotency-Key was used before with another body"),
+    **BODY_ERRORS,
+}
+
+_OAUTH_ERROR = {
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}},
+            }
+        }
+    }
+}
+#: The token endpoint's answers (RFC 6749 section 5): JSON, not OperationOutcome.
+TOKEN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "An access token (Cache-Control: no-store)",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["access_token", "token_type", "expires_in", "scope"],
+                    "properties": {
+                        "access_token": {"type": "string"},
+                        "token_type": {"type": "string", "enum": ["bearer"]},
+                        "expires_in": {"type": "integer", "maximum": 300},
+                        "scope": {"type": "string"},
+                    },
+                }
+            }
+        },
+    },
+    400: {
+        "description": "Refused: invalid_request, invalid_client, invalid_grant, invalid_scope, "
+        "unsupported_grant_type (RFC 6749 section 5.2)",
+        **_OAUTH_ERROR,
+    },
+    503: {"description": "temporarily_unavailable: the replay store cannot be reached", **_OAUTH_ERROR},
+}
+TOKEN_REQUEST: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "required": ["grant_type", "client_assertion_type", "client_assertion"],
+                    "properties": {
+                        "grant_type": {"type": "string", "enum": ["client_credentials"]},
+                        "client_assertion_type": {
+                            "type": "string",
+                            "enum": ["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"],
+                        },
+                        "client_assertion": {
+                            "type": "string",
+                            "description": "A signed JWT (RS384, ES384, RS512)",
+                        },
+                        "scope": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
 def param(name: str, description: str, where: str = "query") -> dict[str, Any]:
     return {
         "name": name,

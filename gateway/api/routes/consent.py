@@ -91,7 +91,10 @@ Reader = Annotated[Principal, Depends(allowed(READERS, READ_SCOPE, "reading the 
 
 @router.post(
     "/Consent",
-    responses={201: {"description": "Recorded; 200 answers with the opt-out already in force"}},
+    responses={
+        201: {"description": "Recorded; 200 answers with the opt-out already in force"},
+        **openapi.BODY_ERRORS,
+    },
     openapi_extra=openapi.body("An opt-out (FHIR Consent)", FHIR_JSON, openapi.JSON),
 )
 async def record_opt_out(
@@ -113,6 +116,7 @@ async def record_opt_out(
 @router.put(
     "/Consent/{consent_id}",
     openapi_extra=openapi.body("The Consent with status inactive (a withdrawal)", FHIR_JSON, openapi.JSON),
+    responses=openapi.BODY_ERRORS,
 )
 async def withdraw_opt_out(
     consent_id: str, request: Request, caller: Writer, services: ServicesDep, request_id: RequestId

@@ -92,7 +92,11 @@ SocialCarePusher = Annotated[
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 
-@router.post("/fhir", openapi_extra=openapi.body("A transaction or batch Bundle", FHIR_JSON, openapi.JSON))
+@router.post(
+    "/fhir",
+    openapi_extra=openapi.body("A transaction or batch Bundle", FHIR_JSON, openapi.JSON),
+    responses=openapi.PUSH_ERRORS,
+)
 async def push_bundle(
     request: Request,
     caller: FhirPusher,
@@ -112,7 +116,9 @@ async def push_bundle(
 
 
 @router.post(
-    "/ingest/social-care", openapi_extra=openapi.body("The social care system's native export", openapi.JSON)
+    "/ingest/social-care",
+    openapi_extra=openapi.body("The social care system's native export", openapi.JSON),
+    responses=openapi.PUSH_ERRORS,
 )
 async def push_social_care(
     request: Request,

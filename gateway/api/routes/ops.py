@@ -28,7 +28,10 @@ from gateway.decisions import RedisDecider
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["operations"], include_in_schema=False)
+router = APIRouter(tags=["operations"])
+
+_STATUS = {"application/json": {"schema": {"type": "object", "properties": {"status": {"type": "string"}}}}}
+_NOT_READY = {"description": "Not ready: a check failed (Retry-After)", "content": _STATUS}
 
 CHECK_SECONDS: Final = 2.0
 JSON: Final = "application/json"
@@ -38,12 +41,18 @@ def _json(status: int, body: object, headers: dict[str, str] | None = None) -> R
     return Response(orjson.dumps(body), status, headers, media_type=JSON)
 
 
-@router.get("/healthz")
+@router.get(
+    "/healthz", summary="Liveness", responses={200: {"description": "The process serves", "content": _STATUS}}
+)
 async def healthz() -> Response:
     return _json(200, {"status": "ok"})
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    summary="Readiness: the store and, when configured, Redis answer",
+    responses={200: {"description": "Ready", "content": _STATUS}, 503: _NOT_READY},
+)
 async def readyz(request: Request) -> Response:
     services: Services | None = getattr(request.app.state, "services", None)
     if services is None:
@@ -58,7 +67,13 @@ async def readyz(request: Request) -> Response:
     return _json(503, {"status": "unavailable", "checks": results}, {"Retry-After": "5"})
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (no patient data in any label)",
+    responses={
+        200: {"description": "Prometheus text (or OpenMetrics when asked)", "content": {"text/plain": {}}}
+    },
+)
 async def metrics(request: Request) -> Response:
     body, content_type = metrics_of(request.app).exposition(request.headers.get("accept", ""))
     return Response(body, headers={"Content-Type": content_type})

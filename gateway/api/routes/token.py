@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from gateway.api import assertion
+from gateway.api import assertion, openapi
 from gateway.api.assertion import Rejected
 from gateway.api.replay import STORE_ERRORS, ReplayStore, ReplayUnavailable, build_replay_store
 from gateway.api.tokens import AccessTokens
@@ -75,7 +75,12 @@ def token_url(settings: Settings) -> str:
     return settings.public_url.rstrip("/") + "/token"
 
 
-@router.post("/token", summary="Access token (SMART Backend Services)")
+@router.post(
+    "/token",
+    summary="Access token (SMART Backend Services)",
+    responses=openapi.TOKEN_RESPONSES,
+    openapi_extra=openapi.TOKEN_REQUEST,
+)
 async def token(request: Request) -> JSONResponse:
     try:
         form = await _form(request)

@@ -58,6 +58,24 @@ async def test_openapi_documents_search_parameters_bodies_answers_and_the_bearer
     assert "HTTPValidationError" not in spec["components"]["schemas"]
 
 
+async def test_openapi_documents_the_answers_of_pushes_the_token_endpoint_and_operations(
+    client: httpx.AsyncClient,
+) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    for path in ("/fhir", "/ingest/social-care"):
+        assert {"200", "400", "401", "403", "409", "413", "415"} <= set(
+            _operation(spec, "post", path)["responses"]
+        )
+    assert {"413", "415"} <= set(_operation(spec, "post", "/fhir/Consent")["responses"])
+    token = _operation(spec, "post", "/token")
+    assert {"200", "400", "503"} <= set(token["responses"])
+    refused = token["responses"]["400"]["content"]["application/json"]["schema"]
+    assert refused["required"] == ["error"]  # RFC 6749's error answer, not an OperationOutcome
+    assert "application/x-www-form-urlencoded" in token["requestBody"]["content"]
+    assert "503" in _operation(spec, "get", "/readyz")["responses"]
+    assert {"/healthz", "/metrics"} <= set(spec["paths"])
+
+
 def _dependencies(dependant: Dependant) -> Iterator[Dependant]:
     for sub in dependant.dependencies:
         yield sub
