@@ -253,11 +253,11 @@ def _fields(msg: _Message, pid: _Segment, event: str) -> dict[str, Any]:
         "source_ods": msg.get("MSH", 4),
         "recorded_at": msg.get("EVN", 2) or msg.get("MSH", 7),
         "event_time": msg.get("EVN", 6),
-        **_identifiers(pid),
+        **_identifiers(pid, msg.get("MSH", 4)),
         **_demographics(pid),
         **_registration(msg.first("PD1")),
         **_visit(msg.first("PV1")),
-        **_merge(msg.first("MRG")),
+        **_merge(msg.first("MRG"), msg.get("MSH", 4)),
     }
     fields["care_plans"] = _care_plans(msg, event, fields)
     return fields
@@ -280,9 +280,9 @@ class _Cx:
         return (nhs_authority and self.type in _NHS_TYPES | {""}) or self.type == "NH"
 
 
-def _identifiers(pid: _Segment) -> dict[str, str]:
+def _identifiers(pid: _Segment, facility: str) -> dict[str, str]:
     ids = [_Cx.of(rep) for rep in pid.reps(3)]
-    hospital = _hospital_number(ids)
+    hospital = _hospital_number(ids, facility)
     nhs, where = _nhs_number(pid, ids)
     return {
         "hospital_number": hospital.id if hospital else "",
@@ -293,10 +293,18 @@ def _identifiers(pid: _Segment) -> dict[str, str]:
     }
 
 
-def _hospital_number(ids: list[_Cx]) -> _Cx | None:
+def _hospital_number(ids: list[_Cx], facility: str) -> _Cx | None:
+    """The trust's own number for the person: among the local identifiers, one assigned by the
+    sending facility (MSH-4) first, then by type (a medical record number before a patient id),
+    then in the order sent."""
     local = [i for i in ids if i.id and not i.is_nhs and i.type not in _NOT_HOSPITAL_TYPES]
-    preferred = [i for i in local if i.type in _HOSPITAL_TYPES]
-    return next(iter(preferred or local), None)
+    own = facility.strip().upper()
+
+    def rank(cx: _Cx) -> tuple[bool, int]:
+        kind = _HOSPITAL_TYPES.index(cx.type) if cx.type in _HOSPITAL_TYPES else len(_HOSPITAL_TYPES)
+        return (not own or cx.authority.strip().upper() != own, kind)
+
+    return min(local, key=rank, default=None)  # min keeps the first of equals: the order sent
 
 
 def _nhs_number(pid: _Segment, ids: list[_Cx]) -> tuple[str, str]:
@@ -342,10 +350,12 @@ def _demographics(pid: _Segment) -> dict[str, Any]:
 
 
 def _preferred(reps: list[Rep], type_comp: int, wanted: str) -> Rep:
-    for rep in reps:
+    """The repetition of type ``wanted``, else the first; one holding nothing but its type is passed over."""
+    held = [rep for rep in reps if any(_part(rep, c) for c in range(1, type_comp))] or reps
+    for rep in held:
         if _part(rep, type_comp).upper() == wanted:
             return rep
-    return reps[0] if reps else []
+    return held[0] if held else []
 
 
 def _phone(rep: Rep) -> str:
@@ -386,10 +396,10 @@ def _visit(pv1: _Segment) -> dict[str, str]:
     }
 
 
-def _merge(mrg: _Segment) -> dict[str, str]:
+def _merge(mrg: _Segment, facility: str) -> dict[str, str]:
     """A40: MRG-1 lists the identifiers of the record merged away (the survivor is in PID)."""
     ids = [_Cx.of(rep) for rep in mrg.reps(1)]
-    retired = _hospital_number(ids)
+    retired = _hospital_number(ids, facility)
     nhs = next((i.id for i in ids if i.is_nhs and i.id), "")
     old = retired.id if retired else ""
     # replaces_local_id: the store retires the acute contribution held under the old number.

@@ -256,6 +256,25 @@ def test_escape_sequences_are_decoded() -> None:
     assert record.fields["address_line_1"] == "1 Mill Lane|B"
 
 
+def test_a_name_repetition_holding_only_its_type_is_passed_over() -> None:
+    f = only_record(read_bytes(adt("PID|1||H1^^^X^MR||^^^^^^U~Nick^Nicky^^^^^N"))).fields
+    assert (f["family_name"], f["given_names"]) == ("Nick", "Nicky")
+
+
+@pytest.mark.parametrize(
+    ("pid3", "expected"),
+    [
+        ("X999^^^OTHER^PI~H00012^^^R9Z01^MR", "H00012"),  # the sending trust's own number first
+        ("X999^^^OTHER^MR~H00012^^^R9Z01^PI", "H00012"),  # ... whatever its type
+        ("P1^^^R9Z01^PI~M1^^^R9Z01^MR", "M1"),  # then a medical record number before a patient id
+        ("A1^^^OTHER^XX~B1^^^OTHER^XX", "A1"),  # then the order sent
+    ],
+)
+def test_the_hospital_number_is_the_sending_trusts_own(pid3: str, expected: str) -> None:
+    record = only_record(read_bytes(adt(f"PID|1||{pid3}~9990000018^^^NHS^NH||Smith^Ann")))
+    assert record.local_id == record.fields["hospital_number"] == expected
+
+
 def test_demographics_prefer_the_legal_name_and_the_home_address() -> None:
     pid = (
         "PID|1||H1^^^X^MR||Nick^Al^^^^^N~Legal^Alan^James^^Mr^^L||19500102|M|||"
