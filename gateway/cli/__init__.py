@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
+from pathlib import Path
 
 import click
 
@@ -61,3 +64,19 @@ def main() -> None:
         sys.exit(EXIT_FAILED)
     except click.exceptions.Abort:
         sys.exit(EXIT_FAILED)
+    except Exception as exc:
+        if os.environ.get("CONCORD_DEBUG"):
+            raise
+        sys.exit(_could_not_run(exc))
+
+
+def _could_not_run(exc: Exception) -> int:
+    """A fault, not bad input: exit code 2 with where it happened, and no message or values
+    (an exception's text may quote the data it failed on). CONCORD_DEBUG=1 shows the traceback."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    click.echo(
+        f"Error: concord could not run ({type(exc).__name__}{where}). Set CONCORD_DEBUG=1 for the traceback.",
+        err=True,
+    )
+    return EXIT_FAILED

@@ -1,0 +1,45 @@
+"""A fault in a command exits 2 ("could not run") without the exception's text, which may quote data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import click
+import pytest
+
+from gateway import cli
+from gateway.report import EXIT_FAILED
+
+NHS_NUMBER = "9990000018"
+
+
+@pytest.fixture
+def failing(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    @click.command("explode")
+    def explode() -> None:
+        raise RuntimeError(f"row for {NHS_NUMBER} would not save")
+
+    cli.cli.add_command(explode)
+    monkeypatch.setattr("sys.argv", ["concord", "explode"])
+    yield
+    cli.cli.commands.pop("explode")
+
+
+@pytest.mark.usefixtures("failing")
+def test_a_fault_exits_2_naming_its_type_and_place_but_not_its_text(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CONCORD_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "RuntimeError at test_cli_faults.py:" in err
+    assert NHS_NUMBER not in err and "would not save" not in err
+
+
+@pytest.mark.usefixtures("failing")
+def test_concord_debug_shows_the_fault_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONCORD_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        cli.main()
