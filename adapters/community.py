@@ -27,7 +27,7 @@ from typing import IO, Any, Final
 import orjson
 
 from adapters.json_shape import shape_problem
-from adapters.records import AdapterError, Item, RecordError, SourceRecord
+from adapters.records import AdapterError, Item, RecordError, SourceRecord, utf16_bom
 
 SOURCE: Final = "community"
 _BOM: Final = "\ufeff"
@@ -104,6 +104,8 @@ class CommunityAdapter:
 
 def _line(line: str | bytes, number: int) -> Item | None:
     location = f"line {number}"
+    if number == 1 and isinstance(line, bytes) and utf16_bom(line):
+        raise AdapterError("community extract is UTF-16 text: send it as UTF-8")
     if isinstance(line, bytes):
         try:
             text = line.decode("utf-8")

@@ -49,7 +49,7 @@ class GpAdapter:
     source = SOURCE
 
     def read(self, stream: IO[str] | IO[bytes]) -> Iterator[Item]:
-        with as_text(stream) as text:
+        with as_text(stream, legacy=True) as text:  # an old export's Windows-1252 row reads as sent
             lines = iter(text)
             header = _header(next(lines, ""))
             yield from _items(header, lines, first_line=2)
@@ -67,6 +67,9 @@ def _header(text: str) -> list[str]:
     if not isinstance(parsed, list):
         raise AdapterError("GP extract header cannot be read")
     header = [h.strip().lstrip("\ufeff") for h in parsed]
+    twice = sorted({h for h in header if h and header.count(h) > 1})
+    if twice:  # which of two nhs_number columns is the person? The file cannot say
+        raise AdapterError(f"GP extract header names a column twice: {', '.join(twice)}")
     missing = REQUIRED_COLUMNS - set(header)
     if missing:
         raise AdapterError(f"GP extract lacks columns: {', '.join(sorted(missing))}")

@@ -11,11 +11,12 @@ quarantined record can be replayed after a fix.
 
 from __future__ import annotations
 
+import codecs
 import io
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 SOURCES = ("gp", "acute", "community", "social-care", "fhir")
 
@@ -72,17 +73,58 @@ class Adapter(Protocol):
         ...
 
 
+#: The error handler ``as_text(legacy=True)`` decodes with (registered below).
+LEGACY_BYTES: Final = "concord-windows-1252"
+_UTF16_BOMS: Final = (b"\xff\xfe", b"\xfe\xff")
+
+
+def _legacy_bytes(error: UnicodeError) -> tuple[str, int]:
+    """Bytes that are not UTF-8, read as Windows-1252 (what a system that says Latin-1 sends), else
+    Latin-1: a row an old export wrote in the legacy code page keeps its names (Zoë, O'Neill)."""
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    bad = error.object[error.start : error.end]
+    try:
+        return bad.decode("cp1252"), error.end
+    except UnicodeDecodeError:
+        return bad.decode("latin-1"), error.end
+
+
+codecs.register_error(LEGACY_BYTES, _legacy_bytes)
+
+
+def utf16_bom(head: bytes) -> bool:
+    """Whether bytes start as UTF-16 text does (spreadsheets' "Unicode text"): not readable as UTF-8."""
+    return head[:2] in _UTF16_BOMS
+
+
+def _peek(stream: Any, size: int) -> bytes:
+    if hasattr(stream, "peek"):
+        return bytes(stream.peek(size)[:size])
+    if hasattr(stream, "seekable") and stream.seekable():
+        at = stream.tell()
+        head = bytes(stream.read(size))
+        stream.seek(at)
+        return head
+    return b""
+
+
 @contextmanager
-def as_text(stream: Any) -> Iterator[Any]:
+def as_text(stream: Any, legacy: bool = False) -> Iterator[Any]:
     """A text view of a binary or text stream: UTF-8 with any BOM dropped, newlines kept as sent.
 
     Only CR and LF end lines (io.TextIOWrapper, not a codecs reader, which also splits on
     U+2028 and friends). The wrapper is detached on exit, so the caller's stream stays open.
+    UTF-16 text is refused whole (``AdapterError``); with ``legacy`` bytes that are not UTF-8 are
+    read as Windows-1252 (``LEGACY_BYTES``), else decoding them raises ``UnicodeDecodeError``.
     """
     if isinstance(stream, io.TextIOBase):
         yield stream
         return
-    wrapper = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    if utf16_bom(_peek(stream, 2)):
+        raise AdapterError("the input is UTF-16 text: send it as UTF-8")
+    errors = LEGACY_BYTES if legacy else "strict"
+    wrapper = io.TextIOWrapper(stream, encoding="utf-8-sig", errors=errors, newline="")
     try:
         yield wrapper
     finally:

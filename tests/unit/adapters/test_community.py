@@ -214,3 +214,8 @@ def test_a_synthetic_extract_reads_with_exactly_the_defects_it_was_given() -> No
     assert [e.reason for e in errors] == ["json-truncated"] * tally["truncated"]
     raws = [i.raw for i in items if isinstance(i, SourceRecord)]
     assert len(raws) - len(set(raws)) == tally["duplicate"]
+
+
+def test_a_utf16_extract_is_refused_whole() -> None:
+    with pytest.raises(AdapterError, match="UTF-16"):
+        read(text(a_line()).encode("utf-16"))

@@ -375,3 +375,24 @@ def test_stray_quotes_inside_unquoted_fields_are_data() -> None:
     text = HEADER + line(gp_patient_id="GP1").replace(",,", ',O"Brien,', 1) + line(gp_patient_id="GP2")
     text += line(gp_patient_id="GP3").replace(",,", ',O"Connor,', 1)
     assert [r.local_id for r in records(text)] == ["GP1", "GP2", "GP3"]
+
+
+def test_a_windows_1252_row_among_utf8_rows_reads_as_sent() -> None:
+    header = ",".join(COLUMNS) + "\n"
+    utf8 = line(family_name="Zoë").encode()
+    legacy = line(gp_patient_id="GP2", family_name="O\u2019Neill", given_names="Zoë").encode("cp1252")
+    found = records((header + "").encode() + utf8 + legacy + utf8)
+    assert [r.fields["family_name"] for r in found] == ["Zoë", "O\u2019Neill", "Zoë"]
+    assert found[1].fields["given_names"] == "Zoë"
+
+
+def test_a_utf16_extract_is_refused_whole() -> None:
+    data = (",".join(COLUMNS) + "\n" + line()).encode("utf-16")
+    with pytest.raises(AdapterError, match="UTF-16"):
+        read(data)
+
+
+def test_a_header_naming_a_column_twice_is_refused() -> None:
+    header = ",".join([*COLUMNS, "nhs_number"]) + "\n"
+    with pytest.raises(AdapterError, match="twice: nhs_number"):
+        read(header + line().rstrip("\n") + ",9990000026\n")
