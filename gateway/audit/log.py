@@ -44,6 +44,7 @@ from gateway.store.audit import (
     append_postgres,
     append_sqlite,
     current_head,
+    head_matches_log,
     lock_head,
     save_checkpoint,
 )
@@ -106,17 +107,28 @@ class AuditLog:
         return head
 
     async def checkpoint(self) -> Checkpoint | None:
-        """Sign the chain's head if any entry is unsigned; returns the new checkpoint, if any."""
+        """Sign the chain's head if any entry is unsigned; returns the new checkpoint, if any.
+
+        The head is signed only when it names the log's last entry: a head edited in the store
+        would otherwise have the key vouch for entries that do not exist (``HeadMismatch``).
+        """
         async with self.engine.begin() as conn:
             head = await lock_head(conn)
             if head.seq == head.checkpoint_seq:
                 return None
+            if not await head_matches_log(conn, head):
+                raise HeadMismatch("the audit log's head does not name its last entry: not signed")
             cp = sign_checkpoint(self.key, head.seq, head.entry_hash, self.clock())
             await save_checkpoint(conn, head, cp)
             return cp
 
     async def _sign(self, conn: AsyncConnection, head: Head) -> Head:
         return await save_checkpoint(conn, head, self._sign_at(head.seq, head.entry_hash))
+
+
+class HeadMismatch(RuntimeError):
+    """The stored head names no entry of the log (it was edited): nothing is signed over it.
+    ``concord audit verify`` says what else changed."""
 
 
 class SqliteWriter:

@@ -48,6 +48,15 @@ async def lock_head(conn: AsyncConnection) -> Head:
     return Head(seq, entry_hash, checkpoint_seq)
 
 
+async def head_matches_log(conn: AsyncConnection, head: Head) -> bool:
+    """Whether ``head`` names the log's last entry, by number and hash (an empty log: the genesis)."""
+    newest = select(audit_log.c.seq, audit_log.c.entry_hash).order_by(audit_log.c.seq.desc()).limit(1)
+    last = (await conn.execute(newest)).first()
+    if last is None:
+        return head.seq == 0
+    return (last.seq, last.entry_hash) == (head.seq, head.entry_hash)
+
+
 async def append_entries(conn: AsyncConnection, head: Head, entries: Sequence[Entry]) -> Head:
     """Extend the chain from ``head`` (which the caller locked) and move the head."""
     if not entries:

@@ -358,6 +358,25 @@ async def test_deleting_the_unsigned_tail_needs_a_noted_hash(built: Built) -> No
     assert (caught.problem.seq, caught.problem.code) == (10, "truncated")
 
 
+@pytest.mark.parametrize("edit", ["seq = 9", "entry_hash = :h"])
+async def test_an_edited_head_is_never_signed(built: Built, edit: str) -> None:
+    """The key vouches only for entries that exist: a head moved or rewritten in the store is refused."""
+    from gateway.audit.log import HeadMismatch
+
+    async with built.services.engine.begin() as conn:
+        await sql(conn, f"UPDATE audit_head SET {edit}, checkpoint_seq = 0", h="ab" * 32)
+        before = (await conn.execute(text("SELECT count(*) FROM audit_checkpoints"))).scalar_one()
+    with pytest.raises(HeadMismatch):
+        await built.services.log.checkpoint()
+    async with built.services.engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM audit_checkpoints"))).scalar_one() == before
+
+
+async def test_a_true_head_is_signed(built: Built) -> None:
+    cp = await built.services.log.checkpoint()
+    assert cp is not None and (cp.seq, cp.entry_hash) == (ENTRIES, built.hashes[ENTRIES])
+
+
 # --- the command line -----------------------------------------------------------------------------
 
 
