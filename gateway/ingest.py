@@ -35,7 +35,7 @@ from gateway.store.people import StoredContribution
 from gateway.store.resources import ConcurrentWrite, Current, Key, Version, current_versions, write_versions
 from gateway.store.schema import ingest_runs, unknown_codes
 from gateway.store.versioning import content_hash, now, stamp
-from mappings.engine import MappingError
+from mappings.engine import MappingError, shown_code
 from mappings.mapper import MappedRecord, Mapper, contribution_resource, provenance
 from mappings.shared_view import Conflict, Contribution, merge, recorded_instant
 from mappings.validate import ValidationFailure, validate
@@ -219,7 +219,7 @@ class Ingestor:
             key = (
                 "gp",
                 "opt_out_code",
-                f"unknown opt-out code {code[:40]}: read as local shared care record dissent",
+                f"unknown opt-out {shown_code(code)}: read as local shared care record dissent",
             )
             batch.warnings[key] = batch.warnings.get(key, 0) + 1
 

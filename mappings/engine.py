@@ -331,9 +331,9 @@ class Engine:
         concept = self.tables[table_id].lookup(code)
         if concept is not None:
             return concept, True
-        # The local code is named (truncated) so an analyst knows what to add to the map; it is
-        # a code from the source's code list, never free text about the person.
-        issue = MappingIssue("unknown-code", rule.field, f"code {code[:40]!r} not in ConceptMap {table_id}")
+        # The local code is named so an analyst knows what to add to the map, but only when it looks
+        # like a code: a value that slipped in from another column (a name, an NHS number) is not.
+        issue = MappingIssue("unknown-code", rule.field, f"{shown_code(code)} not in ConceptMap {table_id}")
         if rule.on_unknown == "quarantine":
             raise MappingError(issue)
         scope.warnings.append(issue)
@@ -446,6 +446,17 @@ def _int(value: Any, rule: Rule) -> int:
         return int(str(value).strip())
     except ValueError as exc:
         raise MappingError(MappingIssue("invalid-number", rule.field, "not a whole number")) from exc
+
+
+#: A local code: a word-like token, no spaces (codes are named in reports; free text never is).
+_CODE_SHAPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/|-]{0,39}")
+
+
+def shown_code(code: str) -> str:
+    """``code 'X'`` for a value shaped like a code; else only that the value is not code-shaped."""
+    if _CODE_SHAPE.fullmatch(code) and not nhs_number.is_valid(code):
+        return f"code {code!r}"
+    return "a value that is not a code"
 
 
 def _nhs(value: Any, rule: Rule) -> str:

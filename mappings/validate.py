@@ -9,6 +9,7 @@ elements concord writes are checked here, offline, from the R4 ValueSets.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
@@ -81,6 +82,31 @@ def validate(resource: Mapping[str, Any]) -> None:
         raise ValidationFailure("fhir-invalid", _summarise(exc)) from exc
     for problem in code_problems(resource):
         raise ValidationFailure("code-not-in-value-set", problem)
+    where = control_character_at(resource, resource_type)
+    if where is not None:
+        raise ValidationFailure("fhir-invalid", f"{where}: a control character (FHIR R4 strings hold none)")
+
+
+#: FHIR R4 (datatypes, string): no character below U+0020 but tab, line feed and carriage return.
+#: fhir.resources does not check it.
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def control_character_at(value: Any, path: str) -> str | None:
+    """The path of the first string in ``value`` holding a control character, or None."""
+    if isinstance(value, str):
+        return path if _CONTROL.search(value) else None
+    if isinstance(value, Mapping):
+        items: Any = ((f"{path}.{k}", v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((path, v) for v in value)
+    else:
+        return None
+    for where, item in items:
+        found = control_character_at(item, where)
+        if found is not None:
+            return found
+    return None
 
 
 def _summarise(exc: ValidationError) -> str:

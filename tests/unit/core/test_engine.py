@@ -320,6 +320,24 @@ def test_code_unknown_is_quarantined_by_default(engine: Engine) -> None:
     assert error.issue.field == "sex"
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("Q", "code 'Q' not in ConceptMap administrative-gender"),  # a code: named for the analyst
+        ("LTC-DM.2", "code 'LTC-DM.2' not in ConceptMap administrative-gender"),
+        ("Davies 9990000026", "a value that is not a code not in ConceptMap administrative-gender"),
+        ("9990000026", "a value that is not a code not in ConceptMap administrative-gender"),
+        ("Amelia Davies", "a value that is not a code not in ConceptMap administrative-gender"),
+    ],
+)
+def test_an_unknown_value_is_named_only_when_it_looks_like_a_code(
+    engine: Engine, value: str, shown: str
+) -> None:
+    rule = {"element": "x", "field": "sex", "transform": "code:administrative-gender"}
+    error = failure(engine, [rule], {"sex": value})
+    assert error.issue.detail == shown
+
+
 def test_code_unknown_kept_is_dropped_with_a_warning(engine: Engine) -> None:
     rule = {"element": "x", "field": "sex", "transform": "code:administrative-gender", "on_unknown": "keep"}
     mapped = engine.apply(spec(rule), {"sex": "Q"}, {"sex": "Q"})

@@ -11,3 +11,17 @@ def test_an_unknown_resource_type_is_a_validation_failure_not_a_crash() -> None:
     with pytest.raises(ValidationFailure) as caught:
         validate({"resourceType": "NoSuchThing"})
     assert caught.value.reason == "fhir-unsupported-type"
+
+
+@pytest.mark.parametrize("bad", ["Da\x00vies", "Mor\x1bris", "Smith\x0c"])
+def test_a_control_character_in_any_string_is_invalid_and_named_by_path(bad: str) -> None:
+    patient = {"resourceType": "Patient", "name": [{"family": bad, "given": ["Ann"]}]}
+    with pytest.raises(ValidationFailure) as failed:
+        validate(patient)
+    assert failed.value.reason == "fhir-invalid"
+    assert str(failed.value).startswith("Patient.name.family: a control character")
+    assert bad not in str(failed.value)
+
+
+def test_tabs_and_line_ends_are_allowed_in_strings() -> None:
+    validate({"resourceType": "Patient", "name": [{"text": "Ann\tSmith\r\nJones"}]})
