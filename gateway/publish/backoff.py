@@ -1,14 +1,16 @@
 """When to try a failed delivery again. Pure.
 
-Exponential backoff with full jitter (AWS architecture blog, "Exponential
-Backoff and Jitter"): many people failing at once (the HIE down) spread their
-retries instead of returning together. A ``Retry-After`` from the HIE wins when
-it asks for longer.
+Exponential backoff with "equal jitter" (AWS architecture blog, "Exponential
+Backoff and Jitter": half the ceiling fixed, half random): many people failing
+at once (the HIE down) spread their retries instead of returning together. A
+``Retry-After`` from the HIE wins when it asks for longer.
 """
 
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 
 def retry_delay(
@@ -22,11 +24,19 @@ def retry_delay(
     return delay
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds (the HTTP-date form is read as 'soon': 1 s)."""
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Retry-After in seconds, from either form RFC 9110 (10.2.3) allows: delay-seconds, or an
+    HTTP-date (seconds from ``now`` until then). A value that is neither is read as 'soon': 1 s."""
     if not value:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
         return 1.0
+    if when.tzinfo is None:  # "-0000" in RFC 5322; HTTP-dates are GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
