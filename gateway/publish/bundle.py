@@ -84,39 +84,68 @@ def _hex(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """What the HIE said about a transaction: success, or the first failing entry's outcome."""
+    """What the HIE said about a transaction: success, or the first failing entry's outcome (its
+    OperationOutcome as ``safe_outcome`` keeps it, or concord's own account of a malformed answer)."""
 
     ok: bool
     failed_entry: int | None = None
     outcome: dict[str, Any] | None = None
 
 
-def read_reply(status: int, body: bytes) -> Reply:
-    """Read a transaction-response entry by entry; a 2xx with a failed entry is not a success."""
+def request_methods(bundle: bytes) -> list[str]:
+    """The method of each entry of a transaction this module built, in order."""
+    return [entry["request"]["method"] for entry in orjson.loads(bundle)["entry"]]
+
+
+def read_reply(status: int, body: bytes, methods: Sequence[str]) -> Reply:
+    """Read a transaction-response entry by entry against the ``methods`` sent; a 2xx is a success
+    only with one successful entry per request (FHIR R4 transaction). A DELETE answered 404 or 410
+    succeeded: what it removes is not there (it may never have arrived)."""
     try:
         doc = orjson.loads(body) if body else {}
     except orjson.JSONDecodeError:
         doc = {}
+    doc = doc if isinstance(doc, dict) else {}
     if not 200 <= status < 300:
-        return Reply(False, None, doc if doc.get("resourceType") == "OperationOutcome" else None)
+        refused = doc if doc.get("resourceType") == "OperationOutcome" else None
+        return Reply(False, None, safe_outcome(refused))
     if doc.get("resourceType") != "Bundle" or doc.get("type") != "transaction-response":
-        return Reply(
-            False,
-            None,
-            {
-                "resourceType": "OperationOutcome",
-                "issue": [
-                    {
-                        "severity": "error",
-                        "code": "invalid",
-                        "diagnostics": "the HIE did not answer with a transaction-response",
-                    }
-                ],
-            },
-        )
-    for index, entry in enumerate(doc.get("entry") or []):
-        response = entry.get("response") or {}
+        return Reply(False, None, _problem("the HIE did not answer with a transaction-response"))
+    entries = doc.get("entry") or []
+    if not isinstance(entries, list) or len(entries) != len(methods):
+        answered = len(entries) if isinstance(entries, list) else 0
+        counted = f"the HIE answered {answered} entries for {len(methods)} requests"
+        return Reply(False, None, _problem(counted))
+    for index, (entry, method) in enumerate(zip(entries, methods, strict=True)):
+        response = entry.get("response") if isinstance(entry, dict) else None
+        if not isinstance(response, dict):
+            return Reply(False, index, _problem("an entry of the transaction-response has no response"))
         code = str(response.get("status", "")).split(" ", 1)[0]
-        if not code.startswith("2"):
-            return Reply(False, index, response.get("outcome"))
+        gone = method == "DELETE" and code in ("404", "410")
+        if not (code.startswith("2") or gone):
+            return Reply(False, index, safe_outcome(response.get("outcome")))
     return Reply(True)
+
+
+def _problem(diagnostics: str) -> dict[str, Any]:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "invalid", "diagnostics": diagnostics}],
+    }
+
+
+def safe_outcome(outcome: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What of the HIE's OperationOutcome is kept with a dead letter: each issue's severity, code,
+    coded details and the elements it names, not its free text (which may quote the data sent)."""
+    if not isinstance(outcome, dict):
+        return None
+    kept = []
+    for issue in outcome.get("issue") or []:
+        if not isinstance(issue, dict):
+            continue
+        one = {k: issue[k] for k in ("severity", "code", "expression", "location") if k in issue}
+        details = issue.get("details")
+        if isinstance(details, dict) and isinstance(details.get("coding"), list):
+            one["details"] = {"coding": details["coding"]}
+        kept.append(one)
+    return {"resourceType": "OperationOutcome", "issue": kept}

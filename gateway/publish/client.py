@@ -69,6 +69,11 @@ class HieClient:
         if self._session is not None:
             await self._session.close()
 
+    @property
+    def renews_tokens(self) -> bool:
+        """Whether a 401 means a new access token may help (OAuth 2.0 client credentials)."""
+        return self._tokens is not None
+
     async def transaction(
         self, bundle: bytes, request_id: str, deadline_seconds: float | None = None
     ) -> HieResponse:

@@ -27,7 +27,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,7 +42,7 @@ from gateway.disclosure import Appender, Ask, Disclosure, DisclosureUnavailable
 from gateway.group_commit import GroupCommit
 from gateway.publish.backoff import retry_delay
 from gateway.publish.batch import ClaimDecider, PersonLoader
-from gateway.publish.bundle import publication, read_reply, refs_of, retraction
+from gateway.publish.bundle import publication, read_reply, refs_of, request_methods, retraction
 from gateway.publish.client import HieClient, HieUnreachable
 from gateway.store import outbox as box
 
@@ -288,9 +288,11 @@ class Publisher:
                 sent()
                 response = await self.client.transaction(body, delivery_id, deadline_seconds=left)
         except HieUnreachable as exc:
-            await self._retry(lease, f"unreachable: {exc}", None)
+            # Sent, perhaps applied, answer lost: the HIE may hold this publication now, so a later
+            # retraction (an opt-out meanwhile) must delete it too.
+            await self._retry(lease, f"unreachable: {exc}", None, maybe_held=held)
             return
-        reply = read_reply(response.status, response.body)
+        reply = read_reply(response.status, response.body, request_methods(body))
         if reply.ok:
             await self._finish(number, ids, new_state, held)
             if new_state == "published":
@@ -298,9 +300,13 @@ class Publisher:
             else:
                 self.stats.retracted += 1
         elif response.status >= 500 or response.status in RETRYABLE:
-            await self._retry(lease, f"HTTP {response.status}", response.retry_after)
+            await self._retry(lease, f"HTTP {response.status}", response.retry_after, maybe_held=held)
+        elif response.status == 401 and self.client.renews_tokens and state.attempts == 0:
+            await self._retry(lease, "HTTP 401: retrying once with a new access token", None)
         else:
-            outcome = reply.outcome or {"diagnostics": response.body[:2000].decode("utf-8", "replace")}
+            # The HIE's own words are not kept: they may quote what was sent (safe_outcome).
+            about = f"HTTP {response.status}: {len(response.body)} bytes that are not an OperationOutcome"
+            outcome = reply.outcome or {"diagnostics": about}
             if reply.failed_entry is not None:
                 outcome = {"failed_entry": reply.failed_entry, "outcome": outcome}
             async with self.services.engine.begin() as conn:
@@ -328,7 +334,11 @@ class Publisher:
             await box.release_people(conn, [lease.state.nhs_number], lease.ids, self.owner)
         self.stats.busy += 1
 
-    async def _retry(self, lease: Lease, error: str, retry_after: float | None) -> None:
+    async def _retry(
+        self, lease: Lease, error: str, retry_after: float | None, maybe_held: Sequence[str] = ()
+    ) -> None:
+        """Try again later; ``maybe_held``: refs the HIE may have applied (a lost or failed answer
+        to a request that went out), added to what a retraction must delete."""
         delay = retry_delay(
             lease.state.attempts + 1,
             self.settings.publish_backoff_seconds,
@@ -337,8 +347,14 @@ class Publisher:
             self.rng,
         )
         async with self.services.engine.begin() as conn:
+            held = sorted(set(lease.state.published) | set(maybe_held))
             await box.retry_later(
-                conn, lease.state.nhs_number, lease.ids, self.clock() + timedelta(seconds=delay), error
+                conn,
+                lease.state.nhs_number,
+                lease.ids,
+                self.clock() + timedelta(seconds=delay),
+                error,
+                held if held != sorted(lease.state.published) else None,
             )
         self.stats.retried += 1
 

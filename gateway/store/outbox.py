@@ -234,9 +234,19 @@ async def prune_sent(conn: AsyncConnection, before: datetime) -> int:
 
 
 async def retry_later(
-    conn: AsyncConnection, nhs_number: str, ids: Sequence[int], at: datetime, error: str
+    conn: AsyncConnection,
+    nhs_number: str,
+    ids: Sequence[int],
+    at: datetime,
+    error: str,
+    published: Sequence[str] | None = None,
 ) -> None:
-    """Not this time: the rows wait until ``at``; the delivery keeps its id for the retry."""
+    """Not this time: the rows wait until ``at``; the delivery keeps its id for the retry.
+
+    ``published``: what the HIE may hold for the person now (what it confirmed, and what an
+    unanswered request may have applied), when that grew.
+    """
+    held = {} if published is None else {"published": orjson.dumps(list(published)).decode()}
     await conn.execute(
         update(outbox)
         .where(outbox.c.id.in_(list(ids)))
@@ -252,7 +262,11 @@ async def retry_later(
         update(hie_people)
         .where(hie_people.c.nhs_number == nhs_number)
         .values(
-            attempts=hie_people.c.attempts + 1, last_error=error[:255], lease_owner=None, lease_until=None
+            attempts=hie_people.c.attempts + 1,
+            last_error=error[:255],
+            lease_owner=None,
+            lease_until=None,
+            **held,
         )
     )
 

@@ -369,3 +369,61 @@ async def test_people_waiting_on_a_hung_hie_hold_up_no_later_claim(services: Ser
         stop.set()
         publisher.wake.set()
         await running
+
+
+class LostAnswerHie:
+    """An HIE that applies each transaction but whose answer never arrives (then, later, answers)."""
+
+    renews_tokens = False
+
+    def __init__(self) -> None:
+        self.answering = False
+        self.bundles: list[dict[str, object]] = []
+
+    async def transaction(
+        self, bundle: bytes, request_id: str, deadline_seconds: float | None = None
+    ) -> object:
+        from gateway.publish.client import HieResponse, HieUnreachable
+
+        doc = orjson.loads(bundle)
+        self.bundles.append(doc)
+        if not self.answering:
+            raise HieUnreachable("TimeoutError")
+        entries = [{"response": {"status": "200 OK"}} for _ in doc["entry"]]
+        reply = {"resourceType": "Bundle", "type": "transaction-response", "entry": entries}
+        return HieResponse(200, orjson.dumps(reply), None)
+
+
+async def test_an_opt_out_after_an_unanswered_publication_retracts_what_it_may_have_applied(
+    services: Services,
+) -> None:
+    """The HIE applied the publication but its answer was lost; the person then opted out. Nothing
+    was confirmed, yet the retraction must delete what the HIE may hold."""
+    await ingest_three(services)
+    clock = [NOW]
+    hie = LostAnswerHie()
+    publisher = Publisher(services, hie, clock=lambda: clock[0])  # type: ignore[arg-type]
+    await publisher._deliver_all(await publisher._claim(10))
+    assert len(hie.bundles) == 3
+    async with services.engine.connect() as conn:
+        people = {r.nhs_number: r for r in await conn.execute(select(hie_people))}
+    number = sorted(people)[0]
+    pattern = f"Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{number}"
+    (first,) = [b for b in hie.bundles if any(e["request"]["url"] == pattern for e in b["entry"])]
+    applied = {e["request"]["url"] for e in first["entry"]} - {pattern}
+    assert applied, "the publication carried more than the Patient"
+    assert people[number].state == "none"
+    assert orjson.loads(people[number].published), "what the HIE may hold is remembered"
+
+    await services.register.opt_out(number, OptOutKind.LOCAL, Authority.LETTER, ACTOR, "lost")
+    hie.answering, hie.bundles = True, []
+    clock[0] = NOW + timedelta(hours=1)  # every retry due
+    await publisher._deliver_all(await publisher._claim(10))
+    (retraction,) = [b for b in hie.bundles if any(e["request"]["url"] == pattern for e in b["entry"])]
+    methods = {e["request"]["method"] for e in retraction["entry"]}
+    assert methods == {"DELETE"}, "the opted-out person's bundle only deletes"
+    deleted = {e["request"]["url"] for e in retraction["entry"]}
+    assert deleted == applied | {pattern}, "everything the HIE may hold is deleted"
+    async with services.engine.connect() as conn:
+        after = (await conn.execute(select(hie_people).where(hie_people.c.nhs_number == number))).one()
+    assert (after.state, orjson.loads(after.published)) == ("retracted", [])
