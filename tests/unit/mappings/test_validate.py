@@ -25,3 +25,8 @@ def test_a_control_character_in_any_string_is_invalid_and_named_by_path(bad: str
 
 def test_tabs_and_line_ends_are_allowed_in_strings() -> None:
     validate({"resourceType": "Patient", "name": [{"text": "Ann\tSmith\r\nJones"}]})
+
+
+@pytest.mark.parametrize("text", ["C:\\bin\\file", "a\\u0001 as typed", "form\\feed"])
+def test_a_backslash_that_only_looks_like_an_escape_is_valid(text: str) -> None:
+    validate({"resourceType": "Patient", "name": [{"text": text}]})
