@@ -30,8 +30,8 @@ from typing import IO, Any, Final
 import hl7
 from hl7.exceptions import HL7Exception
 
-from adapters.hl7_framing import Unit, decode, decode_text, messages, segments, segments_of
-from adapters.records import Item, RecordError, SourceRecord
+from adapters.hl7_framing import Unit, decode, messages, segments, segments_of
+from adapters.records import Item, RecordError, SourceRecord, decode_legacy
 
 SOURCE: Final = "acute"
 CHUNK_SIZE: Final = 64 * 1024
@@ -215,7 +215,7 @@ class _Unescaper:
         if code in self.table:
             return self.table[code]
         if code[:1] == "X" and re.fullmatch(r"(?:[0-9A-Fa-f]{2})+", code[1:]):
-            return decode_text(bytes.fromhex(code[1:]))  # hex data in the message's own character set
+            return decode_legacy(bytes.fromhex(code[1:]))  # hex data read as the message is
         return ""  # highlighting and unknown sequences carry no data
 
 

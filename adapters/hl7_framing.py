@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from adapters.records import AdapterError
+from adapters.records import AdapterError, decode_legacy
 
 _TERMINATORS = re.compile(rb"[\r\n\x0b\x1c]")  # CR, LF, MLLP start block, MLLP end block
 _ENVELOPE = frozenset({b"FHS", b"BHS", b"BTS", b"FTS"})
@@ -119,16 +119,5 @@ def _oversize(unit: Unit | None) -> Unit:
 
 
 def decode(segments: list[bytes]) -> str:
-    return decode_text(b"\r".join(segments))
-
-
-def decode_text(data: bytes) -> str:
-    """UTF-8 when the bytes are UTF-8; else Windows-1252, the superset of Latin-1 that systems
-    labelled ISO 8859-1 actually send (0x92 is a right single quotation mark, not a C1 control);
-    else Latin-1."""
-    for encoding in ("utf-8", "cp1252"):
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    return data.decode("latin-1")
+    """A message's text: UTF-8, with bytes that are not read as Windows-1252 (``records.decode_legacy``)."""
+    return decode_legacy(b"\r".join(segments))

@@ -93,6 +93,11 @@ def _legacy_bytes(error: UnicodeError) -> tuple[str, int]:
 codecs.register_error(LEGACY_BYTES, _legacy_bytes)
 
 
+def decode_legacy(data: bytes) -> str:
+    """``data`` as UTF-8, any bytes that are not read as Windows-1252 (else Latin-1): ``LEGACY_BYTES``."""
+    return data.decode("utf-8", LEGACY_BYTES)
+
+
 def utf16_bom(head: bytes) -> bool:
     """Whether bytes start as UTF-16 text does (spreadsheets' "Unicode text"): not readable as UTF-8."""
     return head[:2] in _UTF16_BOMS

