@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.keys import signing_key
-from gateway.audit.log import AuditLog, PostgresWriter
+from gateway.audit.log import AuditLog, HeadMismatch, PostgresWriter
 from gateway.decisions import Decider, LocalDecider, RedisDecider, StoreDecider
 from gateway.disclosure import Disclosure
 from gateway.fence import FileFence
@@ -22,6 +23,8 @@ from mappings.ids import IdMaker
 from mappings.mapper import Mapper
 from mappings.specs import load_specs
 from mappings.terminology import load_tables
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -43,6 +46,9 @@ class Services:
         try:
             if sign:
                 await self.log.checkpoint()
+        except HeadMismatch:
+            # The command's own work is done and committed; the log needs an auditor, not a retry.
+            logger.error("the audit log's head names no entry: not signed; run concord audit verify")
         finally:
             await self.decider.close()
             await self.reads.close()

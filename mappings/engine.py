@@ -480,8 +480,8 @@ def parse_date(value: Any) -> date | None:
             return date.fromisoformat(text)
         except ValueError:
             return None
-    if len(text) > 8 and text[:8].isdigit() and "-" not in text:
-        text = text[:8]  # HL7 TS: date part of YYYYMMDDhhmmss
+    if len(text) > 8 and _HL7_TS.fullmatch(text):
+        text = text[:8]  # HL7 TS: date part of YYYYMMDDhhmmss[.s][+/-zzzz]
     elif "T" in text:
         text = text.split("T", 1)[0]
     if text.isdigit() and len(text) != 8:

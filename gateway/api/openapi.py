@@ -59,8 +59,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: answer(description)
     for status, description in {
         400: "Invalid request (unknown parameter under Prefer: handling=strict, bad value)",
-        401: "No valid bearer access token (WWW-Authenticate: Bearer)",
-        403: "The token lacks the scope or role this needs",
+        401: "No valid bearer access token (WWW-Authenticate: Bearer; error=invalid_token for one sent)",
+        403: "The token lacks the scope (WWW-Authenticate: Bearer error=insufficient_scope) or the role",
         404: "Not found, or not disclosed to this caller (the same answer)",
         406: "Only JSON is served",
         429: "The client's rate limit is spent (Retry-After)",

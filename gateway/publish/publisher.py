@@ -8,10 +8,14 @@ function (purpose direct care, recipient the HIE), then
 - denied (an opt-out): retract everything the HIE was sent (``bundle.retraction``),
   or nothing at all if it was never sent anything.
 
-The HIE's answer decides what happens next: a transaction-response with every
-entry 2xx finishes the rows; 5xx, 408, 409, 429, timeouts and connection errors
+The HIE's answer decides what happens next (``bundle.read_reply``): a
+transaction-response with one 2xx entry per request (a DELETE's 404 or 410
+counts) finishes the rows; 5xx, 408, 409, 429, timeouts and connection errors
 retry after exponential backoff with jitter (honouring Retry-After) with the same
-X-Request-ID; any other 4xx is a dead letter holding the HIE's OperationOutcome.
+X-Request-ID, and what such a request carried counts as possibly held, for a
+later retraction; a first 401 under OAuth 2.0 retries with a new token; anything
+else is a dead letter holding the codes of the HIE's OperationOutcome
+(``bundle.safe_outcome``).
 A person waiting for a retry blocks nobody else: only their rows wait.
 
 The store is read and written per claim, not per person: one transaction claims
@@ -306,6 +310,8 @@ class Publisher:
         else:
             # The HIE's own words are not kept: they may quote what was sent (safe_outcome).
             about = f"HTTP {response.status}: {len(response.body)} bytes that are not an OperationOutcome"
+            if reply.failed_entry is not None:
+                about = "the HIE refused the entry without an OperationOutcome"
             outcome = reply.outcome or {"diagnostics": about}
             if reply.failed_entry is not None:
                 outcome = {"failed_entry": reply.failed_entry, "outcome": outcome}

@@ -39,7 +39,12 @@ def test_a_fault_exits_2_naming_its_type_and_place_but_not_its_text(
 
 
 @pytest.mark.usefixtures("failing")
-def test_concord_debug_shows_the_fault_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concord_debug_shows_the_traceback_and_still_exits_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CONCORD_DEBUG", "1")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(SystemExit) as exited:
         cli.main()
+    assert exited.value.code == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and "RuntimeError: row for" in err
