@@ -377,6 +377,30 @@ async def test_a_true_head_is_signed(built: Built) -> None:
     assert cp is not None and (cp.seq, cp.entry_hash) == (ENTRIES, built.hashes[ENTRIES])
 
 
+async def test_an_edited_head_at_shutdown_is_logged_not_signed(
+    store_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The command's work is committed; closing reports the head for an auditor instead of failing."""
+    store_settings.audit_checkpoint_entries = EVERY
+    services = await bootstrap(store_settings)
+    try:
+        await build_log(services)
+        async with services.engine.begin() as conn:
+            await sql(conn, "UPDATE audit_head SET seq = 9, checkpoint_seq = 0")
+    finally:
+        await services.close(sign=True)  # no HeadMismatch: the command that closes has done its work
+    assert "not signed; run concord audit verify" in caplog.text
+    reopened = await bootstrap(store_settings)
+    try:
+        async with reopened.engine.connect() as conn:
+            signed = [
+                r[0] for r in await conn.execute(text("SELECT seq FROM audit_checkpoints ORDER BY seq"))
+            ]
+    finally:
+        await reopened.close(sign=False)
+    assert signed == CHECKPOINTS  # nothing was signed over the edited head
+
+
 # --- the command line -----------------------------------------------------------------------------
 
 
@@ -438,25 +462,3 @@ async def test_cli_verify_exit_codes_and_public_key(tmp_path: Path) -> None:
     code, out, err = finish(caught)
     assert (code, out) == (1, "")
     assert "LOG TAMPERED: first bad entry 5 (altered)" in err
-
-
-async def test_an_edited_head_at_shutdown_is_logged_not_signed(
-    store_settings: Settings, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The command's work is committed; closing reports the head for an auditor instead of failing."""
-    store_settings.audit_checkpoint_entries = EVERY
-    services = await bootstrap(store_settings)
-    await build_log(services)
-    async with services.engine.begin() as conn:
-        await sql(conn, "UPDATE audit_head SET seq = 9, checkpoint_seq = 0")
-    await services.close(sign=True)  # no HeadMismatch: the command that closes has done its work
-    assert "not signed; run concord audit verify" in caplog.text
-    reopened = await bootstrap(store_settings)
-    try:
-        async with reopened.engine.connect() as conn:
-            signed = [
-                r[0] for r in await conn.execute(text("SELECT seq FROM audit_checkpoints ORDER BY seq"))
-            ]
-    finally:
-        await reopened.close(sign=False)
-    assert signed == CHECKPOINTS  # nothing was signed over the edited head

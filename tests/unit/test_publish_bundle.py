@@ -33,21 +33,35 @@ def test_one_successful_entry_per_request_is_success() -> None:
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "entry", "why"),
     [
-        answer("200 OK"),  # fewer entries than requests: the rest were not applied
-        answer("200 OK", "200 OK", "200 OK"),
-        answer(kind="transaction-response"),
-        b"[]",
-        b"null",
-        b'{"resourceType":"Bundle","type":"transaction-response","entry":["x","y"]}',
-        b"<html>ok</html>",
+        (answer("200 OK"), None, "the HIE answered 1 entries for 2 requests"),  # the rest not applied
+        (answer("200 OK", "200 OK", "200 OK"), None, "the HIE answered 3 entries for 2 requests"),
+        (answer(kind="transaction-response"), None, "the HIE answered 0 entries for 2 requests"),
+        (
+            answer("200 OK", "200 OK", kind="batch-response"),
+            None,
+            "the HIE did not answer with a transaction-response",
+        ),
+        (b"[]", None, "the HIE did not answer with a transaction-response"),
+        (b"null", None, "the HIE did not answer with a transaction-response"),
+        (b"<html>ok</html>", None, "the HIE did not answer with a transaction-response"),
+        (
+            b'{"resourceType":"Bundle","type":"transaction-response","entry":["x","y"]}',
+            0,
+            "an entry of the transaction-response has no response",
+        ),
     ],
 )
-def test_a_2xx_that_does_not_answer_every_request_is_a_failure(body: bytes) -> None:
+def test_a_2xx_that_does_not_answer_every_request_is_a_failure(
+    body: bytes, entry: int | None, why: str
+) -> None:
     reply = read_reply(200, body, ["PUT", "PUT"])
-    assert not reply.ok
-    assert reply.outcome is not None and reply.outcome["resourceType"] == "OperationOutcome"
+    assert (reply.ok, reply.failed_entry) == (False, entry)
+    assert reply.outcome == {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "invalid", "diagnostics": why}],
+    }
 
 
 def test_a_delete_of_what_is_not_there_succeeded() -> None:

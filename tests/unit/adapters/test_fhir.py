@@ -290,13 +290,17 @@ def test_only_creates_and_updates_are_taken(method: str) -> None:
     assert len(records(items)) == 1  # the next entry still goes through
 
 
+ID_DIFFERS = "request.url names another id than the resource's"
+TYPE_DIFFERS = "request.url names another resource type than the resource"
+
+
 @pytest.mark.parametrize(
     ("method", "url", "problem"),
     [
-        ("PUT", "Patient/p-other", "another id"),  # FHIR update: body id and URL id must agree
-        ("PUT", "https://ehr.example.nhs.uk/fhir/Patient/p-other", "another id"),
-        ("POST", "CarePlan", "another resource type"),
-        ("PUT", "CarePlan/p1", "another resource type"),
+        ("PUT", "Patient/p-other", ID_DIFFERS),  # FHIR update: body id and URL id must agree
+        ("PUT", "https://ehr.example.nhs.uk/fhir/Patient/p-other", ID_DIFFERS),
+        ("POST", "CarePlan", TYPE_DIFFERS),
+        ("PUT", "CarePlan/p1", TYPE_DIFFERS),
         ("PUT", "Patient/p1", None),
         ("PUT", "https://ehr.example.nhs.uk/fhir/Patient/p1", None),
         ("PUT", f"Patient?identifier={NHS}|{TEST_NUMBER}", None),  # a conditional update
@@ -314,7 +318,7 @@ def test_the_request_url_must_name_the_entrys_own_type_and_id(
     else:
         [error] = errors(items)
         assert (error.reason, error.field) == ("fhir-url-mismatch", "request.url")
-        assert problem in error.detail
+        assert error.detail == problem
 
 
 def test_ambiguous_and_conflicting_nhs_numbers_are_not_guessed() -> None:

@@ -378,16 +378,15 @@ def test_stray_quotes_inside_unquoted_fields_are_data() -> None:
 
 
 def test_a_windows_1252_row_among_utf8_rows_reads_as_sent() -> None:
-    header = ",".join(COLUMNS) + "\n"
     utf8 = line(family_name="Zoë").encode()
     legacy = line(gp_patient_id="GP2", family_name="O\u2019Neill", given_names="Zoë").encode("cp1252")
-    found = records((header + "").encode() + utf8 + legacy + utf8)
+    found = records(HEADER.encode() + utf8 + legacy + utf8)
     assert [r.fields["family_name"] for r in found] == ["Zoë", "O\u2019Neill", "Zoë"]
     assert found[1].fields["given_names"] == "Zoë"
 
 
 def test_a_utf16_extract_is_refused_whole() -> None:
-    data = (",".join(COLUMNS) + "\n" + line()).encode("utf-16")
+    data = (HEADER + line()).encode("utf-16")
     with pytest.raises(AdapterError, match="UTF-16"):
         read(data)
 
