@@ -16,8 +16,9 @@ httptools, no uvicorn access log, no server header) and the same number of worke
 
 - ``concord serve``: authenticated (a bearer token from ``concord token`` on SQLite, from ``POST /token``
   with a signed client assertion on PostgreSQL), consent-checked and logged, as an operator runs it
-  (log level info: one access-log line per request). SQLite with one worker; PostgreSQL + Redis with
-  two. Each load checks that the audit log gained one ``search`` entry per request the access log
+  (log level info: one access-log line per request). SQLite with one worker and with two (the
+  one-machine deployment of docs/operations.md; ``--sqlite-workers``); PostgreSQL + Redis with two.
+  Each load checks that the audit log gained one ``search`` entry per request the access log
   shows answered;
 - the ceiling: a bare FastAPI app whose two routes return fixed bytes (a real concord answer to the
   same request, captured first) through ``Response``, serialised once with orjson;
@@ -42,6 +43,7 @@ its 429s are not. Needs ``wrk`` (Debian package) and, for PostgreSQL, the servic
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -633,7 +635,8 @@ def measure(
 ) -> None:
     """concord on ``store`` and the baselines, all up at once, loaded in turn, ``--rounds`` times each."""
     work: Path = args.work
-    ours = concord_server(store, work / f"serve-{workers}.log")
+    slug = re.sub(r"\W+", "-", store.name).strip("-").lower()
+    ours = concord_server(store, work / f"serve-{slug}-{workers}.log")
     with contextlib.ExitStack() as stack:
         ours.pid = stack.enter_context(running(ours.command, ours.env, ours.base + ours.ready, ours.log)).pid
         bodies = work / "bare-bodies"
@@ -688,7 +691,7 @@ def profile(
     work: Path = args.work
     assert server.store is not None
     for mode in ("active", "gil"):
-        slug = re.sub(r"\W+", "-", f"{server.name}-{query}-{mode}").strip("-").lower()
+        slug = re.sub(r"\W+", "-", f"{server.name}-{server.store.workers}-{query}-{mode}").strip("-").lower()
         out = work / f"profile-{slug}.txt"
         command = ["py-spy", "record", "--pid", str(server.pid), "--subprocesses", "--format", "raw"]
         command += [
@@ -796,6 +799,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each load")
     parser.add_argument("--rounds", type=int, default=2, help="loads of each server, taken in turn")
     parser.add_argument("--stores", default="sqlite,postgres", help="sqlite, postgres or both")
+    parser.add_argument(
+        "--sqlite-workers",
+        default="1,2",
+        help="worker counts to measure SQLite at, comma-separated (PostgreSQL + Redis runs 2)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--work", type=Path, help="keep the data, logs and profiles here (default: a temp dir)"
@@ -825,7 +833,8 @@ def main() -> None:
             f"{len(people):,} Patients stored; prepared in {time.perf_counter() - started:.0f} s", flush=True
         )
         if "sqlite" in stores:
-            measure(1, sqlite, paths, args, results)
+            for workers in (int(w) for w in args.sqlite_workers.split(",") if w.strip()):
+                measure(workers, dataclasses.replace(sqlite, workers=workers), paths, args, results)
         if "postgres" in stores:
             pg = postgres_store(args.work)
             try:
