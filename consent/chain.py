@@ -222,15 +222,20 @@ class Verifier:
         checkpoints: Iterable[Checkpoint],
         public_keys: Mapping[str, Ed25519PublicKey],
         expect: Iterable[tuple[int, str]] = (),
+        head: tuple[int, str] | None = None,
     ) -> None:
         self.result = Verification()
         self.by_seq = {cp.seq: cp for cp in checkpoints}
         self.public_keys = public_keys
         self.expected = dict(expect)
+        #: The stored head (seq, hash) as read before the entries, if checked: appends extend the
+        #: log from it, and a checkpoint signs it, so it must name an entry the log holds.
+        self.head = head
         self.previous = GENESIS
         self.next_seq = 1
-        #: The entries whose hash something else vouches for: a checkpoint or a noted hash.
-        self.watched: frozenset[int] = frozenset(self.by_seq) | frozenset(self.expected)
+        #: The entries whose hash something else vouches for: a checkpoint, a noted hash, the head.
+        heads = frozenset() if head is None else frozenset([head[0]])
+        self.watched: frozenset[int] = frozenset(self.by_seq) | frozenset(self.expected) | heads
 
     def feed(self, entries: Iterable[StoredEntry]) -> bool:
         """Check the next entries; False once a problem is found (the rest need not be read)."""
@@ -269,6 +274,8 @@ class Verifier:
             return Problem(
                 seq, "rewritten", f"entry {seq} differs from the hash noted for it outside the log"
             )
+        if self.head is not None and self.head[0] == seq and self.head[1] != hexdigest:
+            return _head_edited(seq)
         return None
 
     def absorb(self, span: Span) -> bool:
@@ -317,6 +324,8 @@ class Verifier:
                 f"the log ends at entry {result.last_seq} but entry {beyond[-1]} was signed or noted: "
                 f"entries {result.last_seq + 1} to {beyond[-1]} were removed",
             )
+        elif self.head is not None:
+            result.problem = _head_problem(self.head, result.last_seq)
         return result
 
 
@@ -350,6 +359,28 @@ def _walk(
         previous = digest
         next_seq += 1
     return previous, next_seq, None
+
+
+def _head_edited(seq: int) -> Problem:
+    return Problem(
+        seq, "head", f"the log's head names entry {seq} with a hash that entry does not have: it was edited"
+    )
+
+
+def _head_problem(head: tuple[int, str], last_seq: int) -> Problem | None:
+    """What is wrong with a head that ``_at_watched`` could not check against an entry, if anything:
+    one naming an entry beyond the log's last, or an empty log's head not at the genesis."""
+    seq, entry_hash = head
+    if seq > last_seq:
+        return Problem(
+            last_seq + 1,
+            "head",
+            f"the log's head names entry {seq} but the log ends at entry {last_seq}: "
+            "entries were removed or the head was edited",
+        )
+    if seq == 0 and entry_hash != GENESIS.hex():
+        return _head_edited(0)
+    return None
 
 
 def _out_of_order(next_seq: int, seq: int) -> Problem:

@@ -26,10 +26,10 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from consent.chain import Span, SpanMismatch, Verification, Verifier, join_spans, plan_spans
+from consent.chain import Problem, Span, SpanMismatch, Verification, Verifier, join_spans, plan_spans
 from gateway.audit.spans import PAGE, RawLog, check_span
 from gateway.audit.verify_worker import FAILED
-from gateway.store.audit import checkpoints
+from gateway.store.audit import checkpoints, stored_head
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,9 @@ async def verify_store(
     workers: int | None = None,
     parallel_from: int = PARALLEL_FROM,
 ) -> Verified:
-    """Check every entry and checkpoint the store holds against ``public_keys``.
+    """Check every entry and checkpoint the store holds against ``public_keys``, and that the
+    chain's stored head names an entry of the log by number and hash (appends extend the chain
+    from the head, and checkpoints sign it: an edited head is a problem of its own, ``head``).
 
     ``workers``: processes to verify with, this one included (default: ``default_workers()``).
     """
@@ -71,19 +73,20 @@ async def verify_store(
     wanted = default_workers() if workers is None else max(1, workers)
     expect = list(expect)
     async with engine.connect() as conn:
+        head = await stored_head(conn)  # before the entries: every entry it names is committed
         signed = await checkpoints(conn)
         raw = (await conn.get_raw_connection()).driver_connection
         log = RawLog(raw, conn.dialect.name == "postgresql")
         last = await log.last_seq()
         source = await worker_source(conn) if wanted > 1 and last >= parallel_from else None
         if source is not None:
-            verifier = Verifier(signed, public_keys, expect)
+            verifier = Verifier(signed, public_keys, expect, head)
             try:
                 spans = await check_in_parallel(
                     log, source, plan_spans(last, wanted * SPANS_PER_WORKER), verifier, wanted - 1
                 )
                 return Verified(
-                    join_spans(verifier, [spans[lo] for lo in sorted(spans)]),
+                    _head_present(join_spans(verifier, [spans[lo] for lo in sorted(spans)]), head),
                     time.perf_counter() - started,
                     wanted,
                 )
@@ -91,12 +94,20 @@ async def verify_store(
                 logger.warning(
                     "the audit log changed while it was verified in spans; verifying it in one pass"
                 )
-        verifier = Verifier(signed, public_keys, expect)
+        verifier = Verifier(signed, public_keys, expect, head)
         async with aclosing(log.pages(0, None)) as pages:
             async for rows in pages:
                 if not verifier.feed_rows(rows):
                     break
-    return Verified(verifier.finish(), time.perf_counter() - started)
+    return Verified(_head_present(verifier.finish(), head), time.perf_counter() - started)
+
+
+def _head_present(result: Verification, head: tuple[int, str] | None) -> Verification:
+    """``result``, with the head's row gone as its problem if nothing came before it."""
+    if head is None and result.problem is None:
+        seq = result.last_seq + 1
+        result.problem = Problem(seq, "head", f"the log's head is missing: no entry {seq} can be chained")
+    return result
 
 
 async def worker_source(conn: AsyncConnection) -> dict[str, Any] | None:

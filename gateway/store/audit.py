@@ -212,6 +212,14 @@ async def save_checkpoint(conn: AsyncConnection, head: Head, checkpoint: Checkpo
     return Head(head.seq, head.entry_hash, checkpoint.seq)
 
 
+async def stored_head(conn: AsyncConnection) -> tuple[int, str] | None:
+    """The chain's head as stored, ``(seq, entry_hash)``; ``None`` if its row is gone."""
+    row = (
+        await conn.execute(select(audit_head.c.seq, audit_head.c.entry_hash).where(audit_head.c.id == 1))
+    ).first()
+    return None if row is None else (row.seq, row.entry_hash)
+
+
 async def read_head(conn: AsyncConnection) -> Head:
     row = (await conn.execute(select(audit_head).where(audit_head.c.id == 1))).mappings().one()
     return Head(row["seq"], row["entry_hash"], row["checkpoint_seq"])

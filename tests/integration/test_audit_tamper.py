@@ -198,9 +198,23 @@ async def swap_entries(conn: AsyncConnection) -> None:
 
 
 async def truncate_past_checkpoint(conn: AsyncConnection) -> None:
-    """Entries 8 to 11 removed (and the head moved back); the checkpoint signed at 9 remains."""
+    """Entries 8 to 11 removed (and the head moved back to entry 7); the checkpoint signed at 9 remains."""
+    seven = (await conn.execute(text("SELECT entry_hash FROM audit_log WHERE seq = 7"))).scalar_one()
     await sql(conn, "DELETE FROM audit_log WHERE seq > 7")
-    await sql(conn, "UPDATE audit_head SET seq = 7, checkpoint_seq = 6")
+    await sql(conn, "UPDATE audit_head SET seq = 7, entry_hash = :h, checkpoint_seq = 6", h=seven)
+
+
+async def edit_head_hash(conn: AsyncConnection) -> None:
+    await sql(conn, "UPDATE audit_head SET entry_hash = :h", h="ab" * 32)
+
+
+async def delete_unsigned_tail_only(conn: AsyncConnection) -> None:
+    """Entry 11 (after the last checkpoint) removed, the head left naming it."""
+    await sql(conn, "DELETE FROM audit_log WHERE seq = 11")
+
+
+async def delete_head(conn: AsyncConnection) -> None:
+    await sql(conn, "DELETE FROM audit_head WHERE id = 1")
 
 
 async def rewrite_chain(conn: AsyncConnection, edit_seq: int = 5) -> None:
@@ -292,6 +306,10 @@ CASES: dict[str, Case] = {
     "garbage-signature": Case(garbage_signature, (9, "bad-signature")),
     "move-checkpoint-hash": Case(move_checkpoint_hash, (6, "bad-signature")),
     "resign-with-own-key": Case(rewrite_and_resign_with_own_key, (6, "unknown-key")),
+    # The head: appends chain from it and checkpoints sign it, so it must name a stored entry.
+    "edit-head-hash": Case(edit_head_hash, (11, "head"), says="names entry 11 with a hash that entry"),
+    "delete-unsigned-tail": Case(delete_unsigned_tail_only, (11, "head"), says="ends at entry 10"),
+    "delete-head": Case(delete_head, (12, "head"), says="head is missing"),
 }
 
 TABLES = ("audit_log", "audit_checkpoints", "audit_head")
@@ -307,7 +325,7 @@ async def snapshot(engine: AsyncEngine) -> dict[str, list[dict[str, Any]]]:
 async def restore(engine: AsyncEngine, saved: dict[str, list[dict[str, Any]]]) -> None:
     async with engine.begin() as conn:
         for table, rows in saved.items():
-            await sql(conn, f"DELETE FROM {table}")
+            await conn.execute(text(f"DELETE FROM {table}"))  # may be empty (a case deleted its rows)
             columns = list(rows[0])
             await conn.execute(
                 text(
