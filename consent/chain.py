@@ -76,6 +76,18 @@ class Entry:
 
 ENTRY_FIELDS: Final = tuple(f.name for f in fields(Entry))
 
+#: What ``Entry.canonical(seq)`` starts with, before the sequence number (``canonical_tail``).
+CANONICAL_HEAD: Final = orjson.dumps([FORMAT])[:-1] + b","
+
+
+def canonical_tail(entry: Entry) -> bytes:
+    """What ``entry.canonical(seq)`` holds after the sequence number, whatever ``seq`` is:
+    ``canonical(seq) == CANONICAL_HEAD + str(seq).encode() + canonical_tail(entry)``.
+
+    A store that numbers entries itself (PostgreSQL's ``audit_append``) hashes exactly these bytes.
+    """
+    return b"," + orjson.dumps(entry.row(0)[1:])[1:]
+
 
 def timestamp(when: datetime) -> str:
     """The log's one time format: UTC, microseconds, ``Z`` (sorts as text)."""

@@ -2,8 +2,9 @@
 
 ``AuditLog.append`` writes entries in their own transaction; ``append_in``
 writes them inside the caller's, so a consent change and its entry commit
-together or not at all. Either way a checkpoint is signed in the same
-transaction once ``checkpoint_every`` entries are unsigned; ``checkpoint()``
+together or not at all. Either way a checkpoint is signed once
+``checkpoint_every`` entries are unsigned (in the same transaction, except on
+PostgreSQL at the driver: just after it); ``checkpoint()``
 signs whatever is unsigned (called on an interval and at shutdown).
 
 ``append`` runs at the driver, on a connection of the log's own, where it can:
@@ -16,9 +17,11 @@ signs whatever is unsigned (called on an interval and at shutdown).
   append_postgres``): one round trip per append, where the engine's transaction
   takes six or more (BEGIN, two for the head, the COPY, the head again,
   COMMIT), each with SQLAlchemy's own CPU on top (measured: a quarter of a
-  server's GIL samples in a py-spy profile, bench/RESULTS.md). When another process moved the
-  head meanwhile, the statement writes nothing and returns the new head, and
-  the append is chained again from there.
+  server's GIL samples in a py-spy profile, bench/RESULTS.md). The server
+  numbers and hashes the entries under the head's row lock (``audit_append``),
+  so appenders in several processes queue on that lock and none is ever sent
+  back to chain again; a checkpoint that falls due is saved by a second
+  statement just after.
 """
 
 from __future__ import annotations
@@ -43,7 +46,6 @@ from gateway.store.audit import (
     append_entries,
     append_postgres,
     append_sqlite,
-    current_head,
     head_matches_log,
     lock_head,
     save_checkpoint,
@@ -166,19 +168,15 @@ class PostgresWriter:
     """One asyncpg connection for the log's appends, made on first use and again after a failure.
 
     Appends in this process take turns on it (a server's ``BatchedAppender`` makes one at a time
-    anyway). The head it last saw is kept, so an append usually needs no read first; when another
-    process appended since, the append statement answers with the head it finds, and the entries
-    are chained again from there.
+    anyway). Each is one call of the server's ``audit_append``, which chains the entries on from
+    whatever head it finds under the head's row lock (``store.audit.append_postgres``).
     """
 
-    #: Attempts before giving up: each failed one means another appender's batch went in instead.
-    ATTEMPTS: Final = 100
     CONNECT_TIMEOUT_SECONDS: Final = 30
 
     def __init__(self, url: str, schema: str | None) -> None:
         self.dsn, self.server_settings = asyncpg_target(url, schema)
         self._conn: Any = None
-        self._head: Head | None = None
         self._turn = asyncio.Lock()
 
     async def append(
@@ -187,15 +185,8 @@ class PostgresWriter:
         async with self._turn:
             try:
                 conn = self._conn or await self._connect()
-                head = self._head or await current_head(conn)
-                for _ in range(self.ATTEMPTS):
-                    appended, head = await append_postgres(conn, head, entries, checkpoint_every, sign)
-                    if appended:
-                        self._head = head
-                        return head
-                raise RuntimeError(f"the audit log's head moved {self.ATTEMPTS} times during one append")
+                return await append_postgres(conn, entries, checkpoint_every, sign)
             except BaseException as exc:
-                self._head = None  # read it afresh next time
                 if self._conn is not None and (
                     self._conn.is_closed() or not isinstance(exc, asyncpg.PostgresError)
                 ):  # lost, cancelled mid-statement or otherwise in doubt: a fresh one next time

@@ -8,18 +8,29 @@ appenders can never extend the chain from the same entry.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-import orjson
+import asyncpg
 from sqlalchemy import Row, Select, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from consent.chain import ENTRY_FIELDS, Checkpoint, Entry, StoredEntry, chained_rows
+from consent.chain import (
+    CANONICAL_HEAD,
+    ENTRY_FIELDS,
+    Checkpoint,
+    Entry,
+    StoredEntry,
+    canonical_tail,
+    chained_rows,
+)
 from gateway.store.schema import audit_checkpoints, audit_head, audit_log
 from gateway.store.sqlite_lock import begin_immediate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -123,42 +134,37 @@ def append_sqlite(
 
 async def append_postgres(
     conn: Any,
-    head: Head,
     entries: Sequence[Entry],
     checkpoint_every: int,
     sign: Callable[[int, str], Checkpoint],
-) -> tuple[bool, Head]:
-    """Extend the chain from ``head`` in one statement on an asyncpg connection outside a transaction
-    (the statement commits on its own). Returns whether the entries were appended, and the chain's
-    head now: the new head, or, when ``head`` was no longer the head and nothing was written, the
-    head another appender moved it to (to chain from on the next attempt).
+) -> Head:
+    """Append ``entries`` on an asyncpg connection outside a transaction; returns the new head.
 
-    The statement takes the head row's lock (as ``lock_head``'s UPDATE does) and, only if the head
-    is still ``head``, moves it and inserts the entries, with the checkpoint from ``sign(seq,
-    entry_hash)`` when ``checkpoint_every`` entries would be unsigned: all of it or none of it, in
-    one round trip. The chain's rules are those of ``append_entries``.
+    One statement, committing on its own: the server's ``audit_append`` (migration 0008) locks the
+    head row, numbers and hashes the entries from the head it finds (the client sends each entry's
+    stored columns and the canonical bytes around its sequence number), inserts them and moves the
+    head. Appenders in other processes wait for the lock and chain on from there, so an append is
+    never refused and tried again because another went first.
+
+    When ``checkpoint_every`` entries are then unsigned, the new head is signed in a second
+    statement (``sign(seq, entry_hash)``). A failure there leaves the appended entries committed
+    and the checkpoint to the next append or the periodic signer: it is logged, not raised.
     """
     if not entries:
-        return True, head
-    rows, last = chained_rows(bytes.fromhex(head.entry_hash), head.seq, entries)
-    new = Head(head.seq + len(rows), last.hex(), head.checkpoint_seq)
-    checkpoint: tuple[str | None, ...] = (None, None, None)
-    if new.seq - head.checkpoint_seq >= checkpoint_every:
-        cp = sign(new.seq, new.entry_hash)
-        checkpoint = (cp.signed_at, cp.key_id, cp.signature)
-    found = await conn.fetchrow(
-        _APPEND_SQL,
-        head.seq,
-        head.entry_hash,
-        new.seq,
-        new.entry_hash,
-        *checkpoint,
-        orjson.dumps([dict(zip(_COLUMNS, row, strict=True)) for row in rows]).decode(),
-    )
-    appended, seq, entry_hash, checkpoint_seq = found
-    if appended not in (0, len(rows)):  # the statement is atomic: a partial append is impossible
-        raise RuntimeError("the audit log's append statement wrote a partial batch")
-    return appended == len(rows), Head(seq, entry_hash, checkpoint_seq)
+        return await current_head(conn)
+    tails = [canonical_tail(entry) for entry in entries]
+    columns = list(zip(*(entry.row(0)[1:] for entry in entries), strict=True))
+    seq, entry_hash, checkpoint_seq = await conn.fetchrow(_APPEND_SQL, CANONICAL_HEAD, tails, *columns)
+    head = Head(seq, entry_hash, checkpoint_seq)
+    if head.seq - head.checkpoint_seq < checkpoint_every:
+        return head
+    cp = sign(head.seq, head.entry_hash)
+    try:
+        await conn.execute(_SIGN_SQL, cp.seq, cp.entry_hash, cp.signed_at, cp.key_id, cp.signature)
+    except asyncpg.PostgresError:
+        log.warning("an audit checkpoint could not be saved after an append; the next one will sign")
+        return head
+    return Head(head.seq, head.entry_hash, cp.seq)
 
 
 async def current_head(conn: Any) -> Head:
@@ -167,28 +173,18 @@ async def current_head(conn: Any) -> Head:
     return Head(seq, entry_hash, checkpoint_seq)
 
 
-#: $1, $2: the head appended to; $3, $4: the new head; $5 to $7: the checkpoint's signed_at, key_id and
-#: signature, or NULLs; $8: the entries, a JSON array of objects, one per row.
-_APPEND_SQL = f"""
-WITH moved AS (
-    UPDATE audit_head SET
-        seq = CASE WHEN seq = $1 AND entry_hash = $2 THEN $3 ELSE seq END,
-        entry_hash = CASE WHEN seq = $1 AND entry_hash = $2 THEN $4 ELSE entry_hash END,
-        checkpoint_seq = CASE WHEN seq = $1 AND entry_hash = $2 AND $5::text IS NOT NULL
-            THEN $3 ELSE checkpoint_seq END
-    WHERE id = 1
-    RETURNING seq, entry_hash, checkpoint_seq, seq = $3 AND entry_hash = $4 AS ours
-), appended AS (
-    INSERT INTO audit_log ({", ".join(_COLUMNS)})
-    SELECT {", ".join(_COLUMNS)} FROM json_populate_recordset(NULL::audit_log, $8::json)
-    WHERE (SELECT ours FROM moved)
-    RETURNING 1
-), signed AS (
+#: $1: ``CANONICAL_HEAD``; $2: each entry's ``canonical_tail``; $3 to $15: the ``ENTRY_FIELDS``
+#: columns, each an array in the entries' order.
+_APPEND_SQL = "SELECT * FROM audit_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+#: A checkpoint over (seq, hash) just appended: saved once (another process may have signed the same
+#: head), and the head's checkpoint only ever moves forward.
+_SIGN_SQL = """
+WITH saved AS (
     INSERT INTO audit_checkpoints (seq, entry_hash, signed_at, key_id, signature)
-    SELECT $3, $4, $5::text, $6::text, $7::text WHERE $5::text IS NOT NULL AND (SELECT ours FROM moved)
+    VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING
 )
-SELECT (SELECT count(*) FROM appended), seq, entry_hash, checkpoint_seq FROM moved
-"""  # noqa: S608 - fixed names; every value is a bound parameter
+UPDATE audit_head SET checkpoint_seq = greatest(checkpoint_seq, $1) WHERE id = 1
+"""
 
 
 _HEAD_SQL = "SELECT seq, entry_hash, checkpoint_seq FROM audit_head WHERE id = 1"

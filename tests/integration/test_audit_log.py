@@ -6,17 +6,18 @@ import asyncio
 import contextlib
 import sqlite3
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 from sqlalchemy import func, select, text
 
-from consent.chain import Entry, Kind, key_id
+from consent.chain import Checkpoint, Entry, Kind, chained_rows, key_id, sign_checkpoint
 from gateway.audit.batcher import BatchedAppender
 from gateway.audit.log import AuditLog, PostgresWriter, sign_periodically
 from gateway.audit.verify import verify_store
 from gateway.bootstrap import Services
-from gateway.store.audit import lock_head, read_head
+from gateway.store.audit import Head, lock_head, read_head, save_checkpoint, stream_entries
 from gateway.store.schema import audit_checkpoints
 
 
@@ -218,3 +219,97 @@ async def test_group_commit_failure_reaches_every_waiting_request(services: Serv
     batcher = BatchedAppender(broken)
     results = await asyncio.gather(*(batcher.append([entry(n)]) for n in range(5)), return_exceptions=True)
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+async def test_every_field_is_stored_and_hashed_as_written(services: Services) -> None:
+    """Each field distinct, non-ASCII text and NULLs included: what the driver appender stores (on
+    PostgreSQL, hashed by the server's ``audit_append``) reads back whole and verifies."""
+    full = Entry(
+        at="2026-11-24T10:00:00.000001Z",
+        kind=Kind.CONSENT_CHANGE,
+        action="opt-out",
+        request_id="r-é",
+        requester_kind="operator",
+        org_ods="X26",
+        client_id="cli:zoë",
+        nhs_number="9990000018",
+        purpose="direct-care",
+        decision="deny",
+        reason="local-opt-out",
+        consent_id="c-1",
+        detail='{"note":"Zoë — 😀 \\u0000"}',
+    )
+    sparse = replace(entry(2), nhs_number=None, purpose=None, decision=None, reason=None)
+    log = driver_log(services, checkpoint_every=2)
+    try:
+        head = await log.append([full, sparse])
+        assert head.seq == 2 and head.checkpoint_seq == 2
+        assert (await log.append([entry(3)])).seq == 3
+    finally:
+        await log.close()
+    async with services.engine.connect() as conn:
+        stored = [s async for chunk in stream_entries(conn) for s in chunk]
+    assert [s.entry for s in stored] == [full, sparse, entry(3)]
+    assert await verified_entries(services) == 3
+
+
+@pytest.mark.parametrize("store_settings", ["postgres"], indirect=True)
+async def test_writers_in_several_processes_queue_on_the_head_and_none_is_lost(services: Services) -> None:
+    """Three appenders with connections of their own (as three worker processes), all at once."""
+    logs = [driver_log(services, checkpoint_every=10) for _ in range(3)]
+
+    async def appends(w: int) -> list[int]:
+        return [(await logs[w].append([entry(w * 100 + i), entry(w * 100 + i + 50)])).seq for i in range(20)]
+
+    try:
+        heads = await asyncio.gather(*(appends(w) for w in range(3)))
+    finally:
+        for log in logs:
+            await log.close()
+    assert sorted(seq for seqs in heads for seq in seqs) == list(range(2, 121, 2))
+    assert await verified_entries(services) == 120
+    async with services.engine.connect() as conn:
+        head = await read_head(conn)
+    assert head.seq == 120 and 120 - head.checkpoint_seq < 10
+
+
+@pytest.mark.parametrize("store_settings", ["postgres"], indirect=True)
+async def test_a_checkpoint_another_process_saved_first_is_kept(services: Services) -> None:
+    """The periodic signer of another process signed the same head first: the append still succeeds."""
+    log = driver_log(services, checkpoint_every=1)
+    try:
+        head = await log.append([entry(1)])
+        _, last = chained_rows(bytes.fromhex(head.entry_hash), head.seq, [entry(2)])
+        theirs = sign_checkpoint(services.log.key, 2, last.hex(), datetime(2026, 11, 24, tzinfo=UTC))
+        async with services.engine.begin() as conn:
+            await save_checkpoint(conn, head, theirs)
+        assert (await log.append([entry(2)])) == Head(2, last.hex(), 2)
+    finally:
+        await log.close()
+    async with services.engine.connect() as conn:
+        saved = (
+            await conn.execute(select(audit_checkpoints.c.signed_at).where(audit_checkpoints.c.seq == 2))
+        ).one()
+    assert saved.signed_at == theirs.signed_at
+    assert await verified_entries(services) == 2
+
+
+@pytest.mark.parametrize("store_settings", ["postgres"], indirect=True)
+async def test_a_checkpoint_that_cannot_be_saved_leaves_the_append_committed(
+    services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = services.settings
+    writer = PostgresWriter(settings.resolved_database_url(), settings.database_schema)
+
+    def sign(seq: int, entry_hash: str) -> Checkpoint:
+        good = sign_checkpoint(services.log.key, seq, entry_hash, datetime(2026, 11, 24, tzinfo=UTC))
+        return replace(good, key_id="k" * 40)  # longer than the column: the INSERT fails
+
+    try:
+        head = await writer.append([entry(1), entry(2)], 2, sign)
+        assert (head.seq, head.checkpoint_seq) == (2, 0)
+        assert "an audit checkpoint could not be saved" in caplog.text
+        assert (await writer.append([entry(3)], 1000, sign)).seq == 3  # the connection goes on
+    finally:
+        await writer.close()
+    assert await verified_entries(services) == 3

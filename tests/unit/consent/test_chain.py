@@ -18,8 +18,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from hypothesis import given
+from hypothesis import strategies as st
 
 from consent.chain import (
+    CANONICAL_HEAD,
     ENTRY_FIELDS,
     GENESIS,
     Checkpoint,
@@ -29,6 +32,7 @@ from consent.chain import (
     StoredEntry,
     Verification,
     Verifier,
+    canonical_tail,
     detail,
     key_id,
     link,
@@ -524,3 +528,17 @@ def test_what_is_not_a_pem_public_key_is_a_key_format_error(pem: bytes) -> None:
 
 def test_key_format_error_is_a_value_error() -> None:
     assert issubclass(KeyFormatError, ValueError)
+
+
+@given(
+    seq=st.integers(min_value=0, max_value=10**15),
+    text=st.text(max_size=30),
+    maybe=st.none() | st.text(max_size=10),
+)
+def test_the_canonical_bytes_split_around_the_sequence_number(seq: int, text: str, maybe: str | None) -> None:
+    """What PostgreSQL's ``audit_append`` hashes (head, the number, the tail) is ``canonical(seq)``."""
+    e = Entry(
+        at=text, kind="k", action=text, request_id="r", requester_kind="q", org_ods="o", client_id=text,
+        nhs_number=maybe, purpose=maybe, decision=None, reason=maybe, consent_id=maybe, detail=text,
+    )  # fmt: skip
+    assert CANONICAL_HEAD + str(seq).encode() + canonical_tail(e) == e.canonical(seq)
