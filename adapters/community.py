@@ -26,7 +26,7 @@ from typing import IO, Any, Final
 
 import orjson
 
-from adapters.json_shape import shape_problem
+from adapters.json_shape import repeated_name, shape_problem
 from adapters.records import AdapterError, Item, RecordError, SourceRecord, utf16_bom
 
 SOURCE: Final = "community"
@@ -138,6 +138,10 @@ def _record(text: str, location: str) -> Item:
         return RecordError(
             SOURCE, location, "json-not-an-object", None, "the line is JSON but not an object", text
         )
+    repeated = repeated_name(text)
+    if repeated is not None:
+        detail = f"an object names {repeated} twice"
+        return RecordError(SOURCE, location, "json-duplicate-name", None, detail, text)
     problem = shape_problem(obj, _LINE_SHAPE, "")
     if problem is not None:
         where, expected = problem

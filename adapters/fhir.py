@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from adapters.json_shape import repeated_name
 from adapters.records import AdapterError, Item, RecordError, SourceRecord, as_text
 
 SOURCE: Final = "fhir"
@@ -137,6 +138,9 @@ def _load(text: str) -> Mapping[str, Any]:
         raise AdapterError(f"FHIR Bundle is not JSON (line {exc.lineno}, column {exc.colno})") from None
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise AdapterError("not a FHIR Bundle: resourceType must be Bundle")
+    repeated = repeated_name(text)
+    if repeated is not None:
+        raise AdapterError(f"FHIR Bundle: an object names {repeated} twice (FHIR JSON allows once)")
     return bundle
 
 

@@ -9,10 +9,52 @@ mapping's business. The answer names the first bad field by its path
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 Problem = tuple[str, str]
+
+#: A member name shown in a report: shaped like a field name (never a value sent by mistake).
+_NAME_SHAPE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
+
+
+class _Repeated(Exception):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _unrepeated(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _Repeated(name)
+            seen.add(name)
+    return members
+
+
+def repeated_name(text: str | bytes) -> str | None:
+    """How to name the first member name that one object of the JSON document ``text`` holds twice
+    (``'plan'``, or ``a name`` for one not shaped like a field name); None if no object repeats one.
+
+    JSON parsers differ on a repeated name (most keep the last, silently; FHIR's JSON format and
+    RFC 8259's interoperable subset allow none), so a record that has one is not read at all.
+    ``text`` is a document that already parsed.
+    """
+    try:
+        json.loads(text, object_pairs_hook=_unrepeated)
+    except _Repeated as repeated:
+        return shown_name(repeated.name)
+    except (ValueError, RecursionError):
+        return None  # what the caller's parser accepted and this one does not is not a repeat
+    return None
+
+
+def shown_name(name: str) -> str:
+    return repr(name) if _NAME_SHAPE.fullmatch(name) else "a name"
 
 
 def shape_problem(value: Mapping[str, Any], shape: Mapping[str, Any], path: str = "") -> Problem | None:

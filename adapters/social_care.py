@@ -37,7 +37,7 @@ from typing import IO, Any, Final
 import ijson  # type: ignore[import-untyped]
 import orjson
 
-from adapters.json_shape import shape_problem
+from adapters.json_shape import repeated_name, shape_problem, shown_name
 from adapters.records import AdapterError, Item, RecordError, SourceRecord
 
 SOURCE: Final = "social-care"
@@ -118,6 +118,11 @@ class SocialCareAdapter:
                 SOURCE, location, "json-unreadable", None, "the replayed case is not valid JSON", raw
             )
             return
+        repeated = repeated_name(raw.removeprefix("\ufeff"))
+        if repeated is not None:
+            detail = f"an object names {repeated} twice"
+            yield RecordError(SOURCE, location, "json-duplicate-name", None, detail, raw)
+            return
         cases = doc.get("cases") if isinstance(doc, dict) else None
         header = doc.get("export") if isinstance(doc, dict) else None
         if not isinstance(header, dict) or not isinstance(cases, list) or len(cases) != 1:
@@ -178,10 +183,14 @@ def _document(events: Iterator[tuple[str, str, Any]]) -> Iterator[Item]:
         _, event, _ = _next(events)
         if event != "start_map":
             raise AdapterError("social care export: the top level must be an object with export and cases")
+        top: set[str] = set()
         while True:
             _, event, key = _next(events)
             if event == "end_map":
                 break
+            if key in top:
+                raise AdapterError(f"social care export: the top level names {shown_name(key)} twice")
+            top.add(key)
             if key == "export":
                 header, council_ods = _header(events)
             elif key == "cases":
@@ -200,7 +209,10 @@ def _document(events: Iterator[tuple[str, str, Any]]) -> Iterator[Item]:
 
 def _header(events: Iterator[tuple[str, str, Any]]) -> tuple[dict[str, Any], str]:
     _, event, value = _next(events)
-    header = _build(events, event, value)
+    try:
+        header = _build(events, event, value)
+    except _Repeated as repeated:
+        raise AdapterError(f"social care export: export names {shown_name(repeated.name)} twice") from None
     if not isinstance(header, dict):
         raise AdapterError("social care export: export must be an object")
     council_ods = header.get("council_ods")
@@ -224,6 +236,11 @@ def _cases(
             if event == "end_array":
                 return
             case = _build(events, event, value)
+        except _Repeated as repeated:
+            raw = '{"export":' + orjson.dumps(header).decode() + ',"cases":[' + repeated.text + "]}"
+            detail = f"an object names {shown_name(repeated.name)} twice"
+            yield RecordError(SOURCE, location, "json-duplicate-name", None, detail, raw)
+            continue
         except _Broken as exc:
             reason = "json-truncated" if exc.truncated else "json-unreadable"
             detail = "the document breaks off in this case; no later case can be read"
@@ -234,15 +251,65 @@ def _cases(
 
 
 def _build(events: Iterator[tuple[str, str, Any]], event: str, value: Any) -> Any:
-    """The whole JSON value that starts with (event, value), built from the events that follow."""
+    """The whole JSON value that starts with (event, value), built from the events that follow.
+
+    Raises ``_Repeated`` (after reading the value to its end) if one of its objects holds a name
+    twice, with the value's text as sent (both members kept) for the quarantine.
+    """
     builder = ijson.ObjectBuilder()
     builder.event(event, value)
-    depth = 1 if event in _OPEN else 0
-    while depth:
+    read = [(event, value)]
+    names: list[set[str] | None] = [] if event not in _OPEN else [set() if event == "start_map" else None]
+    repeated: str | None = None
+    while names:
         _, event, value = _next(events)
         builder.event(event, value)
-        depth += (event in _OPEN) - (event in _CLOSE)
+        read.append((event, value))
+        if event == "map_key":
+            seen = names[-1]
+            if seen is not None:
+                if value in seen and repeated is None:
+                    repeated = value
+                seen.add(value)
+        elif event in _OPEN:
+            names.append(set() if event == "start_map" else None)
+        elif event in _CLOSE:
+            names.pop()
+    if repeated is not None:
+        raise _Repeated(_json_text(read), repeated)
     return builder.value
+
+
+class _Repeated(Exception):
+    """A value one of whose objects names a member twice (JSON parsers disagree on which one counts)."""
+
+    def __init__(self, text: str, name: str) -> None:
+        super().__init__(name)
+        self.text, self.name = text, name
+
+
+def _json_text(events: list[tuple[str, Any]]) -> str:
+    """JSON text of a value from its parse events, every member kept (repeated names included)."""
+    parts: list[str] = []
+    open_: list[list[Any]] = []  # per open container: [its start event, members written so far]
+    for event, value in events:
+        if event in _CLOSE:
+            open_.pop()
+            parts.append("}" if event == "end_map" else "]")
+            continue
+        if event == "map_key":
+            parts.append(("," if open_[-1][1] else "") + orjson.dumps(value).decode() + ":")
+            open_[-1][1] += 1
+            continue
+        if open_ and open_[-1][0] == "start_array":
+            parts.append("," if open_[-1][1] else "")
+            open_[-1][1] += 1
+        if event in _OPEN:
+            open_.append([event, 0])
+            parts.append("{" if event == "start_map" else "[")
+        else:
+            parts.append(orjson.dumps(value).decode())
+    return "".join(parts)
 
 
 def _skip(events: Iterator[tuple[str, str, Any]]) -> None:

@@ -194,6 +194,7 @@ async def test_an_unreadable_body_is_refused_and_nothing_is_stored(
         (b"{not json", "not JSON"),
         (b'{"resourceType": "Patient"}', "Bundle"),
         (json.dumps({"resourceType": "Bundle", "type": "searchset"}).encode(), "transaction"),
+        (mixed_bundle().replace(b'"type": ', b'"type": "batch", "type": ', 1), "names 'type' twice"),
     ]:
         headers["Idempotency-Key"] = f"bad-{len(body)}"
         response = await client.post("/fhir", content=body, headers=headers)

@@ -95,6 +95,7 @@ def test_a_cut_off_line_is_quarantined_and_the_next_line_still_comes_through() -
         ('{"patient_id": "CM1",, "plan": {}}', "json-unreadable"),
         ('{"patient_id": "CM1"} trailing', "json-unreadable"),
         ("[1, 2, 3]", "json-not-an-object"),
+        ('{"patient_id": "CM1", "plan": {"status": "active", "status": "revoked"}}', "json-duplicate-name"),
         ('"just a string"', "json-not-an-object"),
     ],
 )
@@ -219,3 +220,12 @@ def test_a_synthetic_extract_reads_with_exactly_the_defects_it_was_given() -> No
 def test_a_utf16_extract_is_refused_whole() -> None:
     with pytest.raises(AdapterError, match="UTF-16"):
         read(text(a_line()).encode("utf-16"))
+
+
+def test_a_line_naming_a_member_twice_says_which_and_stays_quarantined_on_replay() -> None:
+    line = json.dumps(a_line()).replace('"patient_id": ', '"patient_id": "CM0", "patient_id": ', 1)
+    (item,) = read(text(line))
+    assert isinstance(item, RecordError) and item.detail == "an object names 'patient_id' twice"
+    assert item.raw == line
+    (again,) = CommunityAdapter().reread(item.raw, item.location)
+    assert isinstance(again, RecordError) and again.reason == "json-duplicate-name"

@@ -229,6 +229,12 @@ def test_bundle_types(kind: str) -> None:
         (json.dumps(richard()).encode(), "not a FHIR Bundle"),
         (json.dumps(bundle(kind="searchset")).encode(), "Bundle.type"),
         (json.dumps({"resourceType": "Bundle", "type": "batch", "entry": {}}).encode(), "Bundle.entry"),
+        (
+            json.dumps(bundle(entry(richard())))
+            .replace('"gender": ', '"gender": "female", "gender": ')
+            .encode(),
+            "an object names 'gender' twice",
+        ),
     ],
 )
 def test_unreadable_input_is_an_adapter_error(raw: bytes, message: str) -> None:

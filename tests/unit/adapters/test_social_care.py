@@ -307,3 +307,41 @@ def test_a_synthetic_export_reads_with_exactly_the_defects_it_was_given() -> Non
     ]
     raws = [i.raw for i in items if isinstance(i, SourceRecord)]
     assert len(raws) - len(set(raws)) == tally["duplicate"]
+
+
+def test_a_case_naming_a_member_twice_is_quarantined_as_sent_and_stays_so_on_replay() -> None:
+    """JSON parsers disagree on which of two ``nhs_number`` members counts: the case is not read."""
+    first, later = a_case(), a_case()
+    number = first["person"]["nhs_number"]
+    twice = json.dumps(first).replace('"nhs_number": ', '"nhs_number": "9990000018", "nhs_number": ', 1)
+    data = '{"export": ' + json.dumps(HEADER) + ', "cases": [' + twice + ", " + json.dumps(later) + "]}"
+    items = read(data)
+    assert isinstance(items[0], RecordError)
+    assert (items[0].reason, items[0].location) == ("json-duplicate-name", "case 1")
+    assert items[0].detail == "an object names 'nhs_number' twice"
+    assert '"nhs_number":"9990000018","nhs_number":"' + number + '"' in items[0].raw  # both, as sent
+    assert json.loads(items[0].raw)["cases"][0]["person_id"] == first["person_id"]
+    assert isinstance(items[1], SourceRecord) and items[1].local_id == f"{later['person_id']}@Z9A01"
+    (replayed,) = SocialCareAdapter().reread(items[0].raw, "case 1")
+    assert isinstance(replayed, RecordError) and replayed.reason == "json-duplicate-name"
+    fixed = items[0].raw.replace('"nhs_number":"9990000018",', "", 1)
+    (record,) = SocialCareAdapter().reread(fixed, "case 1")
+    assert isinstance(record, SourceRecord) and record.local_id == f"{first['person_id']}@Z9A01"
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        ('{"export": {"council_ods": "Z9A01", "council_ods": "Z9A02"}, "cases": []}', "'council_ods' twice"),
+        ('{"export": {"council_ods": "Z9A01"}, "cases": [], "cases": []}', "'cases' twice"),
+    ],
+)
+def test_the_header_or_top_level_naming_a_member_twice_is_refused(data: str, says: str) -> None:
+    with pytest.raises(AdapterError, match=says):
+        read(data)
+
+
+def test_a_name_that_is_not_shaped_like_a_field_is_not_quoted() -> None:
+    case = json.dumps(a_case()).replace('"person_id": ', '"Hughes 1936": 1, "Hughes 1936": ', 1)
+    (item,) = read('{"export": ' + json.dumps(HEADER) + ', "cases": [' + case + "]}")
+    assert isinstance(item, RecordError) and item.detail == "an object names a name twice"
