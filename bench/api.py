@@ -43,7 +43,6 @@ its 429s are not. Needs ``wrk`` (Debian package) and, for PostgreSQL, the servic
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import random
@@ -60,7 +59,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -240,6 +239,8 @@ class Load:
     load_average: float = 0.0
     #: CPU time PostgreSQL's and Redis's server processes used during the load (the whole machine's).
     services_cpu_seconds: float = 0.0
+    #: The concord run this load belongs to (its server's name): baselines are compared within it.
+    run: str = ""
 
     @property
     def rps(self) -> float:
@@ -261,10 +262,11 @@ class Results:
     loads: list[Load] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def median(self, server: str, workers: int, query: str) -> Load | None:
-        """The median round (by throughput) of one server, request and worker count; of two, the slower."""
+    def median(self, server: str, workers: int, query: str, run: str) -> Load | None:
+        """The median round (by throughput) of one server, request and worker count in the concord run
+        ``run``; of two, the slower."""
         rounds = sorted(
-            (x for x in self.loads if x.server == server and x.workers == workers and x.query == query),
+            (x for x in self.loads if (x.server, x.workers, x.query, x.run) == (server, workers, query, run)),
             key=lambda x: x.rps,
         )
         return rounds[(len(rounds) - 1) // 2] if rounds else None
@@ -653,7 +655,7 @@ def measure(
                 check_answers(server.base, "", paths[(server.kind, query)], want_entries=True)
             for _ in range(args.rounds):
                 for server in servers:
-                    results.loads.append(load(server, query, workers, paths, args))
+                    results.loads.append(replace(load(server, query, workers, paths, args), run=ours.name))
             if args.profile:
                 profile(stack, ours, paths[("concord", query)], args, query)
 
@@ -751,11 +753,15 @@ def table(results: Results) -> str:
         (x.server, x.workers, x.query) for x in results.loads if x.server.startswith("concord")
     )
     for server, workers, query in seen:
-        ours = results.median(server, workers, query)
-        bare = results.median("bare FastAPI (fixed bytes)", workers, query)
-        other = results.median("fhirstarter", workers, query)
+        ours = results.median(server, workers, query, server)
+        bare = results.median("bare FastAPI (fixed bytes)", workers, query, server)
+        other = results.median("fhirstarter", workers, query, server)
         assert ours is not None and bare is not None
-        rounds = [x for x in results.loads if (x.server, x.workers, x.query) == (server, workers, query)]
+        rounds = [
+            x
+            for x in results.loads
+            if (x.server, x.workers, x.query, x.run) == (server, workers, query, server)
+        ]
         logged = sum(x.audit_entries or 0 for x in rounds)
         answered = sum(x.answered or 0 for x in rounds)
         completed = sum(x.requests for x in rounds)
@@ -834,7 +840,7 @@ def main() -> None:
         )
         if "sqlite" in stores:
             for workers in (int(w) for w in args.sqlite_workers.split(",") if w.strip()):
-                measure(workers, dataclasses.replace(sqlite, workers=workers), paths, args, results)
+                measure(workers, replace(sqlite, workers=workers), paths, args, results)
         if "postgres" in stores:
             pg = postgres_store(args.work)
             try:
