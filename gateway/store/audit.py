@@ -1,9 +1,9 @@
 """The log's tables: extend the chain under the head lock, keep checkpoints, read entries back.
 
 Appenders in any number of processes serialise on the one ``audit_head`` row:
-the first statement of an append is an UPDATE of that row, which takes
-PostgreSQL's row lock (or SQLite's write lock) before the head is read, so two
-appenders can never extend the chain from the same entry.
+an append takes that row's lock before the head is read (an UPDATE of it, or
+``SELECT ... FOR UPDATE`` in PostgreSQL's ``audit_append``; on SQLite, the
+write lock), so two appenders can never extend the chain from the same entry.
 """
 
 from __future__ import annotations

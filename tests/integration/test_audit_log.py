@@ -89,7 +89,7 @@ async def test_concurrent_appenders_extend_one_chain(services: Services, at_driv
 
 @pytest.mark.parametrize("store_settings", ["postgres"], indirect=True)
 async def test_a_driver_appender_chains_on_from_a_head_another_process_moved(services: Services) -> None:
-    """Two writers, each keeping the head it last saw: every append finds the other moved it."""
+    """Two writers taking turns: every append chains on from the head the other one left."""
     first, second = driver_log(services, checkpoint_every=5), driver_log(services, checkpoint_every=5)
     try:
         for n in range(12):
