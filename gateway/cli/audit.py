@@ -58,7 +58,8 @@ def _expectation(value: str) -> tuple[int, str]:
 )
 @click.option("--json", "as_json", is_flag=True)
 def verify(key_files: tuple[Path, ...], expect: tuple[str, ...], workers: int | None, as_json: bool) -> None:
-    """Check the whole log offline: every entry's hash, the chain, every signed checkpoint.
+    """Check the whole log offline: every entry's hash, the chain, every signed checkpoint, and
+    that the chain's head names a stored entry.
 
     Names the first bad entry in sequence order whether or not the log was verified in spans.
     Exit code 0: intact. 1: the first bad entry is named. 2: could not run.
