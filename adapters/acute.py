@@ -160,7 +160,7 @@ class _Segment:
 
     def __init__(self, segment: Any = (), unescape: Callable[[str], str] = str) -> None:
         self.fields: list[list[Rep]] = [
-            [[[unescape(str(s)) for s in _seq(comp)] for comp in _seq(rep)] for rep in _seq(fld)]
+            [[[_value(str(s), unescape) for s in _seq(comp)] for comp in _seq(rep)] for rep in _seq(fld)]
             for fld in segment
         ]
 
@@ -172,6 +172,15 @@ class _Segment:
     def get(self, n: int, comp: int = 1, sub: int = 1) -> str:
         reps = self.reps(n)
         return _part(reps[0], comp, sub) if reps else ""
+
+
+def _value(raw: str, unescape: Callable[[str], str]) -> str:
+    """One (sub)component's text. ``""`` is HL7's explicit null (chapter 2: "delete the value"): it
+    reads as empty, so the value is absent from the record and from what is built from it."""
+    return "" if raw == _NULL else unescape(raw)
+
+
+_NULL: Final = '""'
 
 
 def _seq(node: Any) -> list[Any]:
@@ -327,7 +336,7 @@ def _nhs_number(pid: _Segment, ids: list[_Cx]) -> tuple[str, str]:
 def _demographics(pid: _Segment) -> dict[str, Any]:
     name = _preferred(pid.reps(5), type_comp=7, wanted="L")
     address = _preferred(pid.reps(11), type_comp=7, wanted="H")
-    phones = [p for rep in pid.reps(13) if (p := _phone(rep))]
+    phones = [p for rep in pid.reps(13) if _system(rep) == "phone" and (p := _phone(rep))]
     return {
         "family_name": _part(name, 1, 1),
         "given_names": " ".join(p for p in (_part(name, 2), _part(name, 3)) if p),
@@ -343,9 +352,12 @@ def _demographics(pid: _Segment) -> dict[str, Any]:
         "address_type": _part(address, 7),
         "phone": phones[0] if phones else "",
         "phones": phones,
-        "business_phones": [p for rep in pid.reps(14) if (p := _phone(rep))],
+        "business_phones": [p for rep in pid.reps(14) if _system(rep) == "phone" and (p := _phone(rep))],
+        "other_contacts": _other_contacts(pid),
         "death_time": pid.get(29),
         "death_indicator": pid.get(30),
+        # PID-30 stands alone only without a time of death (FHIR's deceased[x] is one or the other).
+        "death_indicator_alone": "" if pid.get(29) else pid.get(30),
     }
 
 
@@ -356,6 +368,44 @@ def _preferred(reps: list[Rep], type_comp: int, wanted: str) -> Rep:
         if _part(rep, type_comp).upper() == wanted:
             return rep
     return held[0] if held else []
+
+
+#: XTN.3 (telecommunication equipment type, HL7 table 0202) → FHIR ContactPoint.system.
+_EQUIPMENT: Final = {
+    "PH": "phone",
+    "CP": "phone",
+    "SAT": "phone",
+    "FX": "fax",
+    "BP": "pager",
+    "INTERNET": "email",
+    "X.400": "email",
+    "MD": "other",
+    "TDD": "other",
+    "TTY": "other",
+}
+
+
+def _system(rep: Rep) -> str:
+    """What an XTN reaches: an email (XTN.2 ``NET`` or XTN.3 ``Internet``), a fax, a pager, or a phone
+    (the default, as when XTN.3 is empty or unknown)."""
+    if _part(rep, 2).upper() == "NET":
+        return "email"
+    return _EQUIPMENT.get(_part(rep, 3).upper(), "phone")
+
+
+def _other_contacts(pid: _Segment) -> list[dict[str, str]]:
+    """PID-13 (home) and PID-14 (work) repetitions that are not phones: emails (XTN.4, or XTN.1 in
+    older feeds), faxes and pagers, each with its system and use."""
+    found = []
+    for n, use in ((13, "home"), (14, "work")):
+        for rep in pid.reps(n):
+            system = _system(rep)
+            if system == "phone":
+                continue
+            value = (_part(rep, 4) or _part(rep, 1)) if system == "email" else _phone(rep)
+            if value:
+                found.append({"system": system, "value": value, "use": use})
+    return found
 
 
 def _phone(rep: Rep) -> str:

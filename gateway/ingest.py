@@ -35,6 +35,7 @@ from gateway.store.people import StoredContribution
 from gateway.store.resources import ConcurrentWrite, Current, Key, Version, current_versions, write_versions
 from gateway.store.schema import ingest_runs, unknown_codes
 from gateway.store.versioning import content_hash, now, stamp
+from mappings import nhs_number
 from mappings.engine import MappingError, shown_code
 from mappings.mapper import MappedRecord, Mapper, contribution_resource, provenance
 from mappings.shared_view import Conflict, Contribution, merge, recorded_instant
@@ -183,7 +184,11 @@ class Ingestor:
         for c in stored:
             by_person.setdefault(c.nhs_number, {})[(c.source, c.local_id)] = c
         batch.loaded = _keys(mapped, self.mapper)
-        batch.superseded = {(m.source, m.replaces_local_id) for _, m in mapped if m.replaces_local_id}
+        batch.superseded = {
+            (m.source, m.replaces_local_id)
+            for _, m in mapped
+            if m.replaces_local_id and m.replaces_local_id != m.local_id
+        }
         current = await current_versions(conn, batch.loaded)
         for record, m in mapped:
             self._accept(record, m, by_person, current, batch)
@@ -230,10 +235,27 @@ class Ingestor:
         by_person: dict[str, dict[tuple[str, str], StoredContribution]],
         batch: _Batch,
     ) -> None:
-        """An HL7 merge (A40) supersedes a local id: retire its contribution and rebuild whom it touched."""
-        for m in (m for _, m in mapped if m.replaces_local_id):
+        """An HL7 merge (A40) supersedes a local id: retire its contribution and rebuild whom it touched.
+
+        Only the merging sender's contribution under that id goes (another trust may use the same
+        number for someone else). A merge that keeps the hospital number (two NHS numbers joined
+        under one) retires only the contribution held for the merged-away NHS number.
+        """
+        for record, m in mapped:
             old = m.replaces_local_id or ""
-            numbers = await people.retire_contribution(conn, m.source, old)
+            if not old:
+                continue
+            merged_nhs: str | None = None
+            if old == m.local_id:
+                merged_nhs = _nhs_or_none(record.fields.get("merged_nhs_number"))
+                if merged_nhs is None or merged_nhs == m.nhs_number:
+                    continue  # the survivor itself: nothing else to retire
+            numbers = await people.retire_contribution(
+                conn, m.source, old, source_ods=m.source_ods, nhs_number=merged_nhs
+            )
+            if merged_nhs is not None and (m.source, old, merged_nhs) in batch.contributions:
+                del batch.contributions[(m.source, old, merged_nhs)]  # staged earlier in this batch
+                numbers.append(merged_nhs)
             unseen = [n for n in numbers if n not in by_person]
             for c in await people.load_contributions(conn, unseen):
                 by_person.setdefault(c.nhs_number, {})[(c.source, c.local_id)] = c
@@ -480,3 +502,11 @@ def _add(total: IngestReport, delta: IngestReport) -> None:
     total.conflicts.update(delta.conflicts)
     for rtype, counts in delta.resources.items():
         total.resources.setdefault(rtype, type(counts)()).update(counts)
+
+
+def _nhs_or_none(value: object) -> str | None:
+    """A valid NHS number from ``value`` (spaces allowed), else None."""
+    try:
+        return nhs_number.normalise(str(value)) if value else None
+    except nhs_number.NhsNumberError:
+        return None

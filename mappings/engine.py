@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from mappings import nhs_number
@@ -184,6 +184,10 @@ def _getter(name: str) -> Callable[[_Scope], Any]:
     return lambda scope: _dig(scope.item, name)
 
 
+#: HL7 table 0136 (yes/no indicator); anything else is no value.
+_YES_NO: Final = {"Y": True, "N": False}
+
+
 def _empty(value: Any) -> bool:
     return value is None or value == "" or value == [] or value == {}
 
@@ -200,6 +204,7 @@ class Engine:
             "datetime": lambda v, a, s, r: _datetime(v, r),
             "split": lambda v, a, s, r: _split(v, a or ","),
             "int": lambda v, a, s, r: _int(v, r),
+            "yes-no": lambda v, a, s, r: _YES_NO.get((_text(v) or "").upper()),
             "nhs-number": lambda v, a, s, r: _nhs(v, r),
             "ods-reference": lambda v, a, s, r: {"identifier": {"system": ODS_SYSTEM, "value": _text(v)}},
             "contained-reference": lambda v, a, s, r: v if isinstance(v, str) and v.startswith("#") else None,
@@ -452,9 +457,23 @@ def _int(value: Any, rule: Rule) -> int:
 _CODE_SHAPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/|-]{0,39}")
 
 
+#: Code-shaped values that are more likely personal data a sender put in a code field (a field
+#: separator too many or too few): a date, a UK postcode, a phone number, a capitalised word (a name).
+_PERSONAL_SHAPES = re.compile(
+    r"(?:19|20)\d\d(-?)(?:0[1-9]|1[0-2])\1(?:0[1-9]|[12]\d|3[01])\d*"
+    r"|[A-Za-z]{1,2}\d[A-Za-z\d]?\d[A-Za-z]{2}"
+    r"|0\d{8,}"
+    r"|[A-Z][a-z]{3,}(?:[-'][A-Z]?[a-z]+)*"
+)
+
+
 def shown_code(code: str) -> str:
-    """``code 'X'`` for a value shaped like a code; else only that the value is not code-shaped."""
-    if _CODE_SHAPE.fullmatch(code) and not nhs_number.is_valid(code):
+    """``code 'X'`` for a value shaped like a code; else only that the value is not code-shaped.
+
+    A value shaped like a date, a postcode, a phone number, a capitalised name or an NHS number is
+    not named either: quarantine details and ``concord quality`` carry no patient data.
+    """
+    if _CODE_SHAPE.fullmatch(code) and not nhs_number.is_valid(code) and not _PERSONAL_SHAPES.fullmatch(code):
         return f"code {code!r}"
     return "a value that is not a code"
 

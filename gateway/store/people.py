@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.dialect import upsert
@@ -78,20 +78,29 @@ async def save_contributions(conn: AsyncConnection, rows: Sequence[StoredContrib
     )
 
 
-async def retire_contribution(conn: AsyncConnection, source: str, local_id: str) -> list[str]:
-    """Remove a source's contribution under a local id (an HL7 merge retires the old one).
+async def retire_contribution(
+    conn: AsyncConnection,
+    source: str,
+    local_id: str,
+    *,
+    source_ods: str | None = None,
+    nhs_number: str | None = None,
+) -> list[str]:
+    """Remove a source's contribution under a local id (an HL7 merge retires the old one): only the
+    one sent by ``source_ods`` (or by no named sender) when it is given, only the one for
+    ``nhs_number`` when that is given.
 
     Returns the NHS numbers whose shared Patient must be rebuilt.
     """
-    rows = await conn.execute(
-        select(contributions.c.nhs_number).where(
-            contributions.c.source == source, contributions.c.local_id == local_id
+    where = and_(contributions.c.source == source, contributions.c.local_id == local_id)
+    if source_ods:
+        where = and_(
+            where, or_(contributions.c.source_ods == source_ods, contributions.c.source_ods.is_(None))
         )
-    )
-    numbers = [n for (n,) in rows]
-    await conn.execute(
-        delete(contributions).where(contributions.c.source == source, contributions.c.local_id == local_id)
-    )
+    if nhs_number:
+        where = and_(where, contributions.c.nhs_number == nhs_number)
+    numbers = [n for (n,) in await conn.execute(select(contributions.c.nhs_number).where(where))]
+    await conn.execute(delete(contributions).where(where))
     return numbers
 
 

@@ -159,6 +159,82 @@ async def test_a_merge_retires_an_old_hospital_number_seen_earlier_in_the_same_f
     assert patient["name"][0]["family"] == "Newname"
 
 
+OTHER_NHS = "9990000026"
+
+
+async def acute_held(services: Services) -> list[tuple[str, str, str]]:
+    async with services.engine.connect() as conn:
+        rows = await conn.execute(
+            select(contributions.c.source_ods, contributions.c.local_id, contributions.c.nhs_number)
+            .where(contributions.c.source == "acute")
+            .order_by(contributions.c.source_ods, contributions.c.nhs_number)
+        )
+        return [tuple(r) for r in rows]
+
+
+async def test_a_merge_that_keeps_the_hospital_number_keeps_the_survivor(services: Services) -> None:
+    """Two NHS numbers joined under one hospital number: only the merged-away number's record goes."""
+    duplicate = f"PID|1||H2^^^R9Z01^MR~{OTHER_NHS}^^^NHS^NH||Dup^Anna||19600101|F"
+    survivor = f"PID|1||H2^^^R9Z01^MR~{NHS}^^^NHS^NH||Survivor^Anna||19600101|F"
+    merge = f"MRG|H2^^^R9Z01^MR~{OTHER_NHS}^^^NHS^NH"
+    await services.ingestor.run("acute", AcuteAdapter().read(io.BytesIO(adt("A01", duplicate))), "a.hl7")
+    report = await services.ingestor.run(
+        "acute", AcuteAdapter().read(io.BytesIO(adt("A40", survivor, merge))), "b.hl7"
+    )
+    assert report.accepted == 1
+    assert await acute_held(services) == [("R9Z01", "H2", NHS)]
+    async with services.engine.connect() as conn:
+        patient = orjson.loads(await read_current(conn, "Patient", services.mapper.ids.patient(NHS)) or b"{}")
+    assert patient["name"][0]["family"] == "Survivor"
+
+
+async def test_a_merge_that_keeps_the_hospital_number_in_one_file_keeps_the_survivor(
+    services: Services,
+) -> None:
+    duplicate = f"PID|1||H2^^^R9Z01^MR~{OTHER_NHS}^^^NHS^NH||Dup^Anna||19600101|F"
+    survivor = f"PID|1||H2^^^R9Z01^MR~{NHS}^^^NHS^NH||Survivor^Anna||19600101|F"
+    data = adt("A01", duplicate) + adt("A40", survivor, f"MRG|H2^^^R9Z01^MR~{OTHER_NHS}^^^NHS^NH")
+    report = await services.ingestor.run("acute", AcuteAdapter().read(io.BytesIO(data)), "merge.hl7")
+    assert report.accepted == 2
+    assert await acute_held(services) == [("R9Z01", "H2", NHS)]
+
+
+async def test_a_merge_retires_only_the_merging_trusts_hospital_number(services: Services) -> None:
+    """Another trust's patient with the same hospital number is someone else: untouched."""
+    ours = f"PID|1||H1^^^R9Z01^MR~{NHS}^^^NHS^NH||Alpha^Anna||19600101|F"
+    theirs_msh = "MSH|^~\\&|PAS|R9Z02|CONCORD|ICB|20260401120000||ADT^A01|T1|P|2.5"
+    theirs = (
+        "\r".join(
+            [
+                theirs_msh,
+                "EVN|A01|20260401120000",
+                f"PID|1||H1^^^R9Z02^MR~{OTHER_NHS}^^^NHS^NH||Beta^Bob||19700101|M",
+            ]
+        ).encode()
+        + b"\r"
+    )
+    await services.ingestor.run("acute", AcuteAdapter().read(io.BytesIO(adt("A01", ours) + theirs)), "a.hl7")
+    survivor = f"PID|1||H7^^^R9Z01^MR~{NHS}^^^NHS^NH||Alpha^Anna||19600101|F"
+    await services.ingestor.run(
+        "acute", AcuteAdapter().read(io.BytesIO(adt("A40", survivor, "MRG|H1^^^R9Z01^MR"))), "b.hl7"
+    )
+    assert await acute_held(services) == [("R9Z01", "H7", NHS), ("R9Z02", "H1", OTHER_NHS)]
+
+
+async def test_a_death_indicator_and_an_email_reach_the_shared_patient(services: Services) -> None:
+    contacts = "0113 4960001^PRN^PH~^NET^Internet^ann@example.org"
+    pid = f"PID|1||H1^^^R9Z01^MR~{NHS}^^^NHS^NH||Smith^Ann||19500102|F|||||{contacts}" + "|" * 15 + "||Y"
+    report = await services.ingestor.run("acute", AcuteAdapter().read(io.BytesIO(adt("A08", pid))), "d.hl7")
+    assert report.accepted == 1
+    async with services.engine.connect() as conn:
+        patient = orjson.loads(await read_current(conn, "Patient", services.mapper.ids.patient(NHS)) or b"{}")
+    assert patient["deceasedBoolean"] is True and "deceasedDateTime" not in patient
+    assert sorted((t["system"], t["value"], t["use"]) for t in patient["telecom"]) == [
+        ("email", "ann@example.org", "home"),
+        ("phone", "0113 4960001", "home"),
+    ]
+
+
 async def test_one_stay_changed_twice_in_one_file_keeps_both_versions(services: Services) -> None:
     """A discharge and its cancellation in one batch: the care plan is written twice, in order."""
     pid = f"PID|1||H1^^^R9Z01^MR~{NHS}^^^NHS^NH||Smith^Ann||19500102|F"

@@ -404,3 +404,44 @@ def test_a_large_feed_is_read_in_chunks_and_yielded_as_it_is_read() -> None:
     assert 1 + len(rest) == written > 300
     assert all(isinstance(i, SourceRecord) for i in rest)
     assert max(stream.sizes) == 4096 and len(stream.sizes) >= len(data) // 4096
+
+
+def test_the_hl7_null_reads_as_no_value() -> None:
+    """``""`` is HL7's explicit null: a name part, an address, phones or a death time sent as ``""``
+    are absent from the record (not the two characters), so what is built from it has none."""
+    pid = (
+        'PID|1||H1^^^R9Z01^MR~9990000018^^^NHS^NH||Smith^Anna^""^^""||19500102|F|||""||""|""'
+        + "|" * 15
+        + '""'
+    )
+    fields = only_record(read_bytes(adt(pid))).fields
+    assert (fields["family_name"], fields["given_names"], fields["title"]) == ("Smith", "Anna", "")
+    assert fields["phones"] == [] and fields["death_time"] == ""
+    assert fields["address_line_1"] == "" and fields["postcode"] == ""
+    assert '""' not in repr(fields)
+
+
+@pytest.mark.parametrize(
+    ("death", "indicator", "alone"), [("", "Y", "Y"), ("", "N", "N"), ("20260101", "Y", ""), ("", "", "")]
+)
+def test_the_death_indicator_stands_alone_only_without_a_time(death: str, indicator: str, alone: str) -> None:
+    pid = PID + "|" * 20 + f"|{death}|{indicator}"
+    fields = only_record(read_bytes(adt(pid))).fields
+    assert (fields["death_time"], fields["death_indicator"]) == (death, indicator)
+    assert fields["death_indicator_alone"] == alone
+
+
+def test_emails_faxes_and_pagers_are_not_phones() -> None:
+    """XTN.2/XTN.3 say what a PID-13/14 repetition reaches; an email is in XTN.4 (v2.5) or XTN.1."""
+    home = "07700 900123^PRN^CP~anna@example.org^NET^Internet~^NET^Internet^anna2@example.org~^PRN^FX^^^0113^4960002"
+    work = "0113 4960000^WPN^PH~^WPN^BP^^^0113^4960009"
+    pid = PID + f"|||||{home}|{work}"
+    fields = only_record(read_bytes(adt(pid))).fields
+    assert fields["phones"] == ["07700 900123"]
+    assert fields["business_phones"] == ["0113 4960000"]
+    assert fields["other_contacts"] == [
+        {"system": "email", "value": "anna@example.org", "use": "home"},
+        {"system": "email", "value": "anna2@example.org", "use": "home"},
+        {"system": "fax", "value": "0113 4960002", "use": "home"},
+        {"system": "pager", "value": "0113 4960009", "use": "work"},
+    ]

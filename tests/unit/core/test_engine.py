@@ -330,6 +330,16 @@ def test_code_unknown_is_quarantined_by_default(engine: Engine) -> None:
         ("Davies 9990000026", "a value that is not a code not in ConceptMap administrative-gender"),
         ("9990000026", "a value that is not a code not in ConceptMap administrative-gender"),
         ("Amelia Davies", "a value that is not a code not in ConceptMap administrative-gender"),
+        # a field separator too many or too few puts personal data in a code field
+        ("19600101", "a value that is not a code not in ConceptMap administrative-gender"),
+        ("1960-01-01", "a value that is not a code not in ConceptMap administrative-gender"),
+        ("Okonkwo", "a value that is not a code not in ConceptMap administrative-gender"),
+        ("O'Brien", "a value that is not a code not in ConceptMap administrative-gender"),
+        ("LS11AA", "a value that is not a code not in ConceptMap administrative-gender"),
+        ("07700900123", "a value that is not a code not in ConceptMap administrative-gender"),
+        ("ACTIVE", "code 'ACTIVE' not in ConceptMap administrative-gender"),
+        ("H", "code 'H' not in ConceptMap administrative-gender"),
+        ("44054006", "code '44054006' not in ConceptMap administrative-gender"),  # SNOMED CT
     ],
 )
 def test_an_unknown_value_is_named_only_when_it_looks_like_a_code(
