@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from functools import partial
 
 from fastapi import FastAPI, Request
@@ -48,6 +48,17 @@ class Gateway(FastAPI):
 
     def build_middleware_stack(self) -> ASGIApp:
         return front(self, super().build_middleware_stack())
+
+
+def _with_head(headers: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    """A 405's ``Allow`` with ``HEAD`` wherever it has ``GET``: ``RequestMiddleware`` answers HEAD as GET."""
+    allow = (headers or {}).get("Allow")
+    if allow is None:
+        return headers
+    methods = [m.strip() for m in allow.split(",") if m.strip()]
+    if "GET" in methods and "HEAD" not in methods:
+        methods.append("HEAD")
+    return {**(headers or {}), "Allow": ", ".join(methods)}
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
@@ -125,9 +136,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         code = {404: "not-found", 405: "not-supported", 401: "login", 403: "forbidden"}.get(
             exc.status_code, "processing"
         )
-        return Response(
-            outcome_bytes(code, str(exc.detail)), exc.status_code, exc.headers, media_type=FHIR_JSON
-        )
+        headers = _with_head(exc.headers)
+        return Response(outcome_bytes(code, str(exc.detail)), exc.status_code, headers, media_type=FHIR_JSON)
 
     from gateway.api.routes import mount
 

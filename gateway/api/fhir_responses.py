@@ -1,7 +1,8 @@
 """FHIR responses as bytes: stored JSON joined into Bundles, never re-serialised through models.
 
 - ``fhir``: an ``application/fhir+json`` response of ready bytes.
-- ``check_format``: JSON only (``_format`` and ``Accept``); anything else is 406.
+- ``check_format``: JSON only (``_format`` and ``Accept``), FHIR R4 only (the media type's
+  ``fhirVersion`` parameter, if given, is 4.0); anything else is 406.
 - ``resource_response``: one resource with ``ETag: W/"{versionId}"`` and ``Last-Modified``;
   ``If-None-Match`` naming the current version gives 304 with no body.
 - ``searchset`` and ``history``: Bundles joined from stored bytes, with paging links.
@@ -26,6 +27,9 @@ JSON_FORMATS = frozenset(
     {"json", "application/json", "application/fhir+json", "application/fhir json", "application/json+fhir"}
 )
 
+#: ``fhirVersion`` values meaning this server's version (R4 http.html, "Version parameter").
+FHIR_VERSIONS = frozenset({"4.0", "4.0.1"})
+
 Link = tuple[str, str]
 #: One Bundle entry to be: (resource type, id, stored JSON, search mode).
 Match = tuple[str, str, bytes, str]
@@ -48,19 +52,30 @@ def check_format(request: Request) -> None:
 def check_format_of(fmt: str | None, accept: str) -> None:
     """``check_format`` on the request's first ``_format`` value (None: absent) and its ``Accept``."""
     if fmt is not None:
-        if fmt.strip().lower() not in JSON_FORMATS:
-            raise NotAcceptable("only JSON is served: _format=json")
+        media, _, params = fmt.partition(";")
+        if media.strip().lower() not in JSON_FORMATS or not _this_version(params):
+            raise NotAcceptable("only FHIR R4 JSON is served: _format=json")
         return
     if accept.strip() and not _accepts_json(accept):
-        raise NotAcceptable("only JSON is served: Accept application/fhir+json")
+        raise NotAcceptable("only FHIR R4 JSON is served: Accept application/fhir+json")
 
 
 def _accepts_json(accept: str) -> bool:
     for item in accept.split(","):
-        media = item.split(";")[0].strip().lower()
-        if media in ("*/*", "application/*") or "json" in media:
+        media, _, params = item.partition(";")
+        media = media.strip().lower()
+        if (media in ("*/*", "application/*") or "json" in media) and _this_version(params):
             return True
     return False
+
+
+def _this_version(params: str) -> bool:
+    """Whether a media type's parameters (``a=1; b=2``) leave out ``fhirVersion`` or name R4's."""
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "fhirversion" and value.strip().strip('"') not in FHIR_VERSIONS:
+            return False
+    return True
 
 
 def etag(version_id: int) -> str:

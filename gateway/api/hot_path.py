@@ -10,8 +10,11 @@ two itself, running exactly what their routes run:
 2. the search's scopes (``deps.check_scopes``: 403);
 3. ``fhir_read.patient_search`` / ``careplan_search``: parse, decide, load, log, join bytes;
 4. errors through ``errors.answer_for``, the mapping the app's exception handlers use;
-5. gzip for callers that accept it, on the same terms as the app's ``GZipMiddleware`` (which
-   also names ``Accept-Encoding`` in ``Vary`` on every body it could have compressed).
+5. gzip for callers that accept it (``middleware.accepts_gzip``: not ``gzip;q=0``), on the same
+   terms as the app's ``GZip`` middleware (which also names ``Accept-Encoding`` in ``Vary`` on
+   every body it could have compressed).
+
+A ``HEAD`` of either search arrives here as a ``GET``: ``RequestMiddleware`` drops the body.
 
 Anything else, and any of these two with a request body, goes on to the application unchanged, so
 the routes (and their OpenAPI) stay the definition of both searches.
@@ -31,7 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.api.deps import authenticate, bearer_token, check_scopes
 from gateway.api.errors import answer_for
 from gateway.api.metrics import Metrics
-from gateway.api.middleware import GZIP_MIN_BYTES
+from gateway.api.middleware import GZIP_MIN_BYTES, accepts_gzip
 from gateway.api.outcome import FHIR_JSON
 from gateway.api.routes.fhir_read import (
     CAREPLAN_SEARCH_SCOPES,
@@ -113,7 +116,7 @@ class HotPath:
         out = [_CONTENT_TYPE]
         if len(body) >= GZIP_MIN_BYTES:
             out.append((b"vary", b"Accept-Encoding"))
-            if "gzip" in headers.get("accept-encoding", ""):
+            if accepts_gzip(headers.get("accept-encoding", "")):
                 body = await _gzip(body)
                 out.append((b"content-encoding", b"gzip"))
         out.append((b"content-length", str(len(body)).encode()))

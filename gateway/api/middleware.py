@@ -9,7 +9,9 @@ Outermost first (``front`` places the first two, ``install_middleware`` the rest
    request to the ``concord.access`` logger and counts the request in the metrics.
    Neither ever holds a query string (they carry NHS numbers): the route is the
    matched template, or, for an unmatched request, its path with digit runs
-   redacted.
+   redacted. ``HEAD`` is answered here for every ``GET`` route (RFC 9110 §9.3.2): the
+   layers inside see a ``GET``, the caller gets its status and headers (``Content-Length``
+   included) without the body; the log and metrics name ``HEAD``.
 2. ``gateway.api.hot_path.HotPath``: the two searches providers make all day,
    answered without FastAPI (bodiless GETs only, so the body limit has nothing to do).
 
@@ -25,8 +27,8 @@ Outermost first (``front`` places the first two, ``install_middleware`` the rest
    the same cap on the inflated size, so a zip bomb costs at most the limit. The
    application never holds more than the limit; what a refused caller still sends
    is discarded (up to a bound, see ``drain``) so that it can read the answer.
-4. Starlette's ``GZipMiddleware``: responses of 1000 bytes or more, to callers
-   that accept gzip.
+4. ``GZip`` (Starlette's ``GZipMiddleware``): responses of 1000 bytes or more, to callers
+   that accept gzip (``accepts_gzip``: not ``gzip;q=0``).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from typing import Final
 
 import orjson
 from starlette.applications import Starlette
-from starlette.middleware.gzip import GZipMiddleware
+from starlette.datastructures import Headers
+from starlette.middleware.gzip import GZipMiddleware, IdentityResponder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.access_log import access_log, log_access
@@ -65,7 +68,7 @@ DRAIN_SECONDS: Final = 5.0
 
 def install_middleware(app: Starlette, settings: Settings) -> None:
     """Add the body limit and gzip to ``app``'s own middleware (Starlette runs the last added outermost)."""
-    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=6)
+    app.add_middleware(GZip, minimum_size=GZIP_MIN_BYTES, compresslevel=6)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics_of(app))
 
 
@@ -139,6 +142,34 @@ async def send_body(send: Send, status: int, body: bytes, close: bool = False) -
     await send({"type": "http.response.body", "body": body})
 
 
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether ``Accept-Encoding`` names gzip (or x-gzip) with a non-zero weight: ``q=0`` means
+    not acceptable (RFC 9110 §12.5.3)."""
+    for item in accept_encoding.split(","):
+        coding, *params = item.split(";")
+        if coding.strip().lower() not in ("gzip", "x-gzip"):
+            continue
+        weight = next((p.strip()[2:] for p in params if p.strip().lower().startswith("q=")), "1")
+        try:
+            return float(weight) > 0
+        except ValueError:
+            return False
+    return False
+
+
+class GZip(GZipMiddleware):
+    """Starlette's ``GZipMiddleware``, deciding by ``accepts_gzip`` (it looks for ``gzip`` anywhere)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not accepts_gzip(Headers(scope=scope).get("accept-encoding", "")):
+            identity = IdentityResponder(
+                self.app, self.minimum_size, exclude_content_types=self.exclude_content_types
+            )
+            await identity(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 class RequestMiddleware:
     """Request id in and out, one access log line and the request metrics per HTTP request."""
 
@@ -157,6 +188,10 @@ class RequestMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = rid
         rid_header = (b"x-request-id", rid.encode("ascii"))
+        method = scope["method"]
+        head = method == "HEAD"
+        if head:  # the app answers a GET (the server's own scope keeps HEAD: it frames the answer)
+            scope = {**scope, "method": "GET"}
         status = 0
         sent = 0
         started = time.perf_counter()
@@ -169,6 +204,8 @@ class RequestMiddleware:
                 headers.append(rid_header)
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body":
+                if head:
+                    message = {**message, "body": b""}
                 sent += len(message.get("body", b""))
             await send(message)
 
@@ -183,17 +220,17 @@ class RequestMiddleware:
         finally:
             self.metrics.finished()
             seconds = time.perf_counter() - started
-            self.metrics.observe(scope["method"], route_template(scope), status, seconds)
+            self.metrics.observe(method, route_template(scope), status, seconds)
             if access_log.isEnabledFor(logging.INFO):
-                log_access(self._line(scope, rid, status, seconds, sent))
+                log_access(self._line(scope, method, rid, status, seconds, sent))
 
     @staticmethod
-    def _line(scope: Scope, rid: str, status: int, seconds: float, sent: int) -> str:
+    def _line(scope: Scope, method: str, rid: str, status: int, seconds: float, sent: int) -> str:
         return orjson.dumps(
             {
                 "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 "request_id": rid,
-                "method": scope["method"],
+                "method": method,
                 "route": loggable_route(scope),
                 "status": status,
                 "duration_ms": round(seconds * 1000, 3),

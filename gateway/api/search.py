@@ -5,6 +5,9 @@ id): every search then costs one disclosure decision, and its log entry names
 that person. Parsing never touches the store, so a request rejected here has
 read nothing and logged nothing.
 
+Repeated parameters combine with AND, a comma within one value with OR (FHIR search): a CarePlan
+matches ``status=active&status=on-hold`` only if its status is both, so none does.
+
 Unknown parameters follow ``Prefer: handling``: ``strict`` rejects them (400
 naming the parameter); ``lenient`` (the default) ignores them and the Bundle
 reports them. Parameters that would change *which* resources match and that
@@ -44,6 +47,8 @@ IDENTIFIER: Final = "identifier"
 REFERENCE: Final = "reference"
 STATUS: Final = "status"
 INCLUDE: Final = "include"
+#: The code system CarePlan.status is bound to (the implicit system of its codes).
+REQUEST_STATUS: Final = "http://hl7.org/fhir/request-status"
 
 #: What each search accepts: parameter (with modifier or chain) → what it means.
 PATIENT_SEARCH: Final[Mapping[str, str]] = {IDENTIFIER: IDENTIFIER}
@@ -83,10 +88,12 @@ class Person:
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    """A parsed search. ``used`` are the parameters that shaped the result, in request order."""
+    """A parsed search. ``used`` are the parameters that shaped the result, in request order (``_count``
+    as applied, so links and paging tokens carry the page size actually used). ``statuses``: None for
+    any status, else the statuses every ``status`` parameter accepts (empty: no CarePlan can match)."""
 
     person: Person | None
-    statuses: frozenset[str]
+    statuses: frozenset[str] | None
     include_subject: bool
     count: int
     page: str | None
@@ -106,7 +113,7 @@ def strict_handling(prefer: str | None) -> bool:
 def parse(accepted: Mapping[str, str], pairs: Pairs, strict: bool, limits: Limits, base: str = "") -> Query:
     """Validate ``pairs`` against ``accepted``; ``BadRequest`` for anything that cannot be honoured."""
     person: Person | None = None
-    statuses: set[str] = set()
+    statuses: frozenset[str] | None = None
     include = False
     count = limits.default
     page: str | None = None
@@ -132,18 +139,21 @@ def parse(accepted: Mapping[str, str], pairs: Pairs, strict: bool, limits: Limit
                 raise BadRequest("_include supports only CarePlan:subject", code="not-supported")
             ignored.append(name)
             continue
-        used.append((name, value))
         if role == COUNT:
             count = parse_count(value, limits)
+            value = str(count)  # as applied (capped)
         elif role == STATUS:
-            statuses.update(s.strip() for s in value.split(",") if s.strip())
+            codes = status_codes(value)
+            if codes is not None:  # repeated: AND, so only the statuses both accept
+                statuses = codes if statuses is None else statuses & codes
         elif role == INCLUDE:
             include = True
         else:
             if person is not None:
                 raise BadRequest("a search names one person: give one patient, subject or identifier")
             person = parse_identifier(value) if role == IDENTIFIER else parse_reference(value, base)
-    return Query(person, frozenset(statuses), include, count, page, tuple(used), tuple(ignored))
+        used.append((name, value))
+    return Query(person, statuses, include, count, page, tuple(used), tuple(ignored))
 
 
 def parse_count(value: str, limits: Limits) -> int:
@@ -151,6 +161,29 @@ def parse_count(value: str, limits: Limits) -> int:
     if not value.isascii() or not value.isdigit():
         raise BadRequest("_count must be a whole number, 0 or more")
     return min(int(value), limits.maximum)
+
+
+def status_codes(value: str) -> frozenset[str] | None:
+    """The CarePlan statuses one ``status`` parameter accepts (a comma means OR); None for any.
+
+    Token rules (FHIR R4 search): ``code`` is the code in any system, ``{system}|code`` the code in
+    that system, ``|code`` the code with no system, ``{system}|`` any code of the system. A status
+    is a code of ``REQUEST_STATUS`` (its implicit system), so a value naming another system, or
+    none, accepts nothing.
+    """
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if not items:
+        return None  # nothing asked for, as an empty parameter
+    codes: set[str] = set()
+    for item in items:
+        system, bar, code = item.rpartition("|")
+        if bar and system != REQUEST_STATUS:
+            continue
+        if code.strip():
+            codes.add(code.strip())
+        elif bar:
+            return None  # {REQUEST_STATUS}|: every status
+    return frozenset(codes)
 
 
 def parse_identifier(value: str) -> Person:
@@ -236,7 +269,8 @@ class PageTokens:
         if not dot or not number.isascii() or not number.isdigit() or len(number) > 9:
             raise BadRequest(self.ERROR)
         offset = int(number)
-        if not hmac.compare_digest(mac, self._mac(client_id, path, used, offset)):
+        # As bytes: ``compare_digest`` refuses a str with non-ASCII characters (TypeError, a 500).
+        if not hmac.compare_digest(mac.encode(), self._mac(client_id, path, used, offset).encode()):
             raise BadRequest(self.ERROR)
         return offset
 

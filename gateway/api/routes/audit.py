@@ -73,7 +73,8 @@ Auditor = Annotated[Principal, Depends(allowed(AUDITORS, READ_SCOPE, "the audit 
 
 @dataclass(slots=True)
 class AuditQuery:
-    """A parsed AuditEvent search: the filter, the extra conditions, the parameters that shaped it."""
+    """A parsed AuditEvent search: the filter, the extra conditions, the parameters that shaped it
+    (``_count`` as applied); the ``self`` link is these and the page token."""
 
     where: AuditFilter = field(default_factory=AuditFilter)
     client_id: str | None = None
@@ -161,7 +162,8 @@ async def search_audit_events(
     ]
     if query.ignored:
         entries.append({"resource": ignored_parameters(list(query.ignored)), "search": {"mode": "outcome"}})
-    links = [{"relation": "self", "url": f"{base}/AuditEvent?{request.url.query}"}]
+    shown = [*query.used, *([(PAGE_TOKEN, query.token)] if query.token else [])]
+    links = [{"relation": "self", "url": f"{base}/AuditEvent?{urlencode(shown)}"}]
     if more:
         token = tokens.issue(caller.client_id, query.used, page[-1].seq, upto)
         following = urlencode([*query.used, (PAGE_TOKEN, token)])
@@ -239,6 +241,9 @@ def parse_audit_query(pairs: Sequence[tuple[str, str]], strict: bool, limits: Li
             continue
         if not value or name == "_format":
             continue  # an empty parameter is ignored (FHIR search)
+        if name == "_count":  # as applied (capped): the links carry the page size actually used
+            query.count = parse_count(value, limits)
+            value = str(query.count)
         query.used.append((name, value))
         if name in _PATIENT:
             if query.where.nhs_number is not None:
@@ -254,9 +259,7 @@ def parse_audit_query(pairs: Sequence[tuple[str, str]], strict: bool, limits: Li
                 query.since = max(query.since or since, since)
             if until is not None:
                 query.until = min(query.until or until, until)
-        elif name == "_count":
-            query.count = parse_count(value, limits)
-        else:
+        elif name != "_count":
             _codes(query, name).update(_code(v) for v in value.split(",") if v.strip())
     _check_codes(query)
     return query

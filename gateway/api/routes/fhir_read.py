@@ -172,6 +172,13 @@ class Context:
         return page
 
     def links(self, path: str, query: Query, page: Page) -> list[Link]:
+        """``self``, then ``next`` and ``previous`` when there are such pages.
+
+        A withheld page has the links of a person concord does not hold, who has no page but the
+        first: a paging token held from before an opt-out shows in neither ``self`` nor ``previous``.
+        """
+        if not page.permitted:
+            page = Page(0)
         tokens = self.api.tokens
 
         def at(offset: int) -> str:
@@ -241,7 +248,9 @@ async def careplan_search(ctx: Context) -> bytes:
     searches = ctx.api.searches
 
     async def read(number: str, offset: int, limit: int) -> tuple[int, list[Match]]:
-        total, plans = await searches.careplans(number, query.statuses, offset, limit)
+        if query.statuses is not None and not query.statuses:
+            return 0, []  # no status satisfies every status parameter: nothing to read
+        total, plans = await searches.careplans(number, query.statuses or (), offset, limit)
         entries = _matches("match", plans)
         if query.include_subject and plans:
             entries += _matches("include", await searches.patient(number))
@@ -267,7 +276,7 @@ async def search_patients(request: Request, principal: PatientReader, request_id
         ("patient", "Patient/{id}: the person (or subject, subject:Patient)"),
         ("subject", "Patient/{id}: the person"),
         ("subject:identifier", openapi.NHS_IDENTIFIER + " (or patient:identifier, subject.identifier)"),
-        ("status", "CarePlan status, comma-separated (any of them)"),
+        ("status", "CarePlan status: comma-separated means any of them, repeated means all of them"),
         ("_include", "CarePlan:subject: add the Patient (needs system/Patient.read)"),
     ),
 )

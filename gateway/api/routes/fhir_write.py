@@ -43,6 +43,7 @@ from gateway.api.outcome import (
 )
 from gateway.api.principal import Principal, Role
 from gateway.api.push import Pushed, PushService
+from gateway.api.routes.metadata import INTERACTIONS
 from gateway.bootstrap import Services
 from gateway.store import idempotency
 from gateway.store.idempotency import Claimed, KeyInUse, KeyReused, Stored
@@ -94,7 +95,10 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 @router.post(
     "/fhir",
-    openapi_extra=openapi.body("A transaction or batch Bundle", FHIR_JSON, openapi.JSON),
+    openapi_extra={
+        **openapi.body("A transaction or batch Bundle", FHIR_JSON, openapi.JSON),
+        INTERACTIONS: ["transaction", "batch"],  # declared in the CapabilityStatement
+    },
     responses=openapi.PUSH_ERRORS,
 )
 async def push_bundle(

@@ -12,6 +12,10 @@ Search parameters come from one table per source of truth:
   to FastAPI whose names are standard (``STANDARD_TYPES``). A route that reads its
   parameters by hand and carries no list declares the search interaction with no parameters.
 
+System interactions: ``POST /fhir`` is ``transaction``, unless the route names what it serves in its
+OpenAPI extension ``x-fhir-interactions`` (the push route: ``transaction`` and ``batch``).
+Conditional reads: ``not-match`` for the read API's types (``If-None-Match``, answered 304 by
+``fhir_responses.resource_response``; ``If-Modified-Since`` is not honoured).
 Operations are declared only when their definition is known (``OPERATIONS``).
 Security: SMART on FHIR Backend Services, the token URL in the ``oauth-uris`` extension.
 The statement is public (no token), as SMART requires.
@@ -56,7 +60,12 @@ PARAM_DOCS: dict[tuple[str, str], tuple[str, str, str]] = {
         SP + "CarePlan-subject",
         "Patient/{id} (also :Patient); :identifier or .identifier with an NHS number",
     ),
-    ("CarePlan", "status"): ("token", SP + "CarePlan-status", "one or more codes, comma-separated"),
+    ("CarePlan", "status"): (
+        "token",
+        SP + "CarePlan-status",
+        "request-status codes (code or http://hl7.org/fhir/request-status|code): comma-separated "
+        "means any of them, repeated means all of them",
+    ),
 }
 IMPLEMENTED = {"Patient": PATIENT_SEARCH, "CarePlan": CAREPLAN_SEARCH}
 PROFILES = {"Patient": [UKCORE_PATIENT], "CarePlan": [UKCORE_CAREPLAN]}
@@ -82,6 +91,11 @@ STANDARD_TYPES = {
 #: The OpenAPI extension a search route may carry to declare its parameters here:
 #: ``openapi_extra={"x-fhir-search": [{"name": "patient", "type": "reference", "documentation": "..."}]}``.
 EXTRA = "x-fhir-search"
+#: The OpenAPI extension a system-level route may carry to name the interactions it serves:
+#: ``openapi_extra={"x-fhir-interactions": ["transaction", "batch"]}``.
+INTERACTIONS = "x-fhir-interactions"
+#: The read API's conditional reads (``fhir_responses.resource_response``): If-None-Match only.
+CONDITIONAL_READ = "not-match"
 OPERATIONS = {"everything": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}
 ORDER = (
     "read",
@@ -142,7 +156,8 @@ def capability_statement(app: FastAPI, public_url: str) -> dict[str, Any]:
                 continue
             rtype, what = found
             if rtype is None:
-                system.add(what)
+                named = operation.get(INTERACTIONS)
+                system.update(named if isinstance(named, list) else [what])
                 continue
             kinds.setdefault(rtype, set()).add(what)
             if what == "search-type" and rtype not in IMPLEMENTED:
@@ -212,6 +227,8 @@ def _resource(rtype: str, kinds: set[str], declared: dict[str, dict[str, str]]) 
     if "vread" in kinds:
         entry["versioning"] = "versioned"
         entry["readHistory"] = True
+    if "read" in kinds and rtype in IMPLEMENTED:
+        entry["conditionalRead"] = CONDITIONAL_READ
     if "search-type" in kinds:
         params = _search_params(rtype, declared)
         if params:

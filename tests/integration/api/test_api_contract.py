@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute
 async def test_a_wrong_method_is_405_with_an_allow_header(client: httpx.AsyncClient) -> None:
     response = await client.delete("/fhir/Patient")
     assert response.status_code == 405
-    assert response.headers["allow"] == "GET"
+    assert response.headers["allow"] == "GET, HEAD"  # HEAD is answered wherever GET is
     assert response.json()["issue"][0]["code"] == "not-supported"
 
 

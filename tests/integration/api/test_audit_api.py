@@ -185,6 +185,25 @@ async def test_pages_follow_next_links_over_a_snapshot(
     assert seen == [entry.seq for entry in logged]
 
 
+async def test_the_self_link_carries_the_page_size_applied(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    services: Services,
+    logged: list[Logged],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(services.settings, "max_page_size", 2)
+    first = await search(client, app, "agent=RXX01&_count=500&colour=red")
+    assert len(first["entry"]) == 3  # two events and the outcome reporting colour
+    self_link = next(link["url"] for link in first["link"] if link["relation"] == "self")
+    assert parse_qsl(urlsplit(self_link).query) == [("agent", "RXX01"), ("_count", "2")]
+    url = next(link["url"] for link in first["link"] if link["relation"] == "next")
+    second = await search(client, app, urlsplit(url).query)
+    assert seqs(second) == [5, 7]
+    again = next(link["url"] for link in second["link"] if link["relation"] == "self")
+    assert urlsplit(again).query == urlsplit(url).query
+
+
 async def test_a_page_token_is_bound_to_its_client_and_search(
     app: FastAPI, client: httpx.AsyncClient, services: Services, logged: list[Logged]
 ) -> None:

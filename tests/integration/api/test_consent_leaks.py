@@ -277,6 +277,34 @@ async def test_a_paging_token_works_only_for_the_client_it_was_made_for(api: Api
     assert await api.log_rows() == before
 
 
+@pytest.mark.parametrize(
+    "template",
+    [
+        "/fhir/CarePlan?subject:identifier={nhs}&_count=1",
+        "/fhir/CarePlan?patient=Patient/{pid}&_count=1",
+        "/fhir/Patient/{pid}/_history?_count=1",
+        "/fhir/Patient/{pid}/$everything?_count=1",
+    ],
+)
+async def test_a_paging_link_held_from_before_an_opt_out_reveals_nothing(api: Api, template: str) -> None:
+    """A page asked for with a token issued before the opt-out: answered as the unknown person's search
+    (which has no page but the first: no ``previous``, no token in ``self``) or the unknown id."""
+    changed = CSV.replace("0208 111 2222", "0208 999 0000")  # a second version of the Patient
+    report = await api.services.ingestor.run("gp", adapter_for("gp").read(io.StringIO(changed)), "v2.csv")
+    assert report.quarantined_total == 0
+    first = await api.get(template.format(**api.person(PERMITTED)))
+    following = next(x["url"] for x in first.json()["link"] if x["relation"] == "next")
+    parts = urlsplit(following)
+    await api.services.register.opt_out(PERMITTED, OptOutKind.LOCAL, Authority.LETTER, OPERATOR, "later")
+    held = await api.get(f"{parts.path}?{parts.query}")
+    unknown = await api.get(template.format(**api.person(NEVER_SEEN)))
+    assert normalise(held) == normalise(unknown)
+    if held.status_code == 200:
+        assert [x["relation"] for x in held.json()["link"]] == ["self"]
+    else:
+        assert_not_found(held, "Patient")
+
+
 # --- reads, history, $everything -----------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -148,6 +148,15 @@ async def test_metadata_is_public_valid_and_declares_what_the_read_api_serves(ap
     assert oauth["extension"] == [{"url": "token", "valueUri": "http://127.0.0.1:8080/token"}]
 
 
+async def test_metadata_declares_batch_and_conditional_reads(api: Api) -> None:
+    rest = (await api.get("/fhir/metadata", who=None)).json()["rest"][0]
+    assert rest["interaction"] == [{"code": "batch"}, {"code": "transaction"}]  # POST /fhir takes both
+    by_type = {r["type"]: r for r in rest["resource"]}
+    for rtype in ("Patient", "CarePlan"):  # If-None-Match only (see test_read_with_etag...)
+        assert by_type[rtype]["conditionalRead"] == "not-match"
+    assert "conditionalRead" not in by_type["Consent"]
+
+
 async def test_metadata_declares_no_route_that_is_not_mounted(api: Api) -> None:
     body = (await api.get("/fhir/metadata", who=None)).json()
     declared = {(r["type"], i["code"]) for r in body["rest"][0]["resource"] for i in r.get("interaction", ())}
@@ -227,6 +236,47 @@ async def test_metadata_only_in_json(api: Api) -> None:
     assert (await api.get("/fhir/metadata?_format=json", who=None)).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["/fhir/metadata", f"/fhir/Patient?identifier={ALICE}", f"/fhir/CarePlan?patient:identifier={ALICE}"],
+)
+async def test_the_fhir_version_parameter_names_r4_or_is_refused(api: Api, url: str) -> None:
+    """R4 http.html "Version parameter": fhirVersion=4.0 on _format or Accept is R4; 3.0 is not served."""
+    sep = "&" if "?" in url else "?"
+    for fmt in ("application/fhir+json;fhirVersion=4.0", "application/fhir+json; fhirVersion=4.0.1"):
+        assert (await api.get(url + sep + urlencode({"_format": fmt}))).status_code == 200, fmt
+    assert (await api.get(url, Accept="application/fhir+json; fhirVersion=4.0")).status_code == 200
+    assert (await api.get(url, Accept="application/fhir+json; charset=utf-8")).status_code == 200
+    for wrong in ("application/fhir+json; fhirVersion=3.0", "application/json;fhirVersion=5.0"):
+        outcome(await api.get(url, Accept=wrong), 406, "not-supported")
+        outcome(await api.get(url + sep + urlencode({"_format": wrong})), 406, "not-supported")
+    both = "application/fhir+json; fhirVersion=3.0, application/fhir+json; fhirVersion=4.0"
+    assert (await api.get(url, Accept=both)).status_code == 200
+
+
+async def test_head_is_get_without_the_body(api: Api) -> None:
+    token, _ = api.app.state.tokens.issue(READER)
+    auth = {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
+    for url in (
+        "/fhir/metadata",
+        f"/fhir/Patient/{api.id(ALICE)}",
+        f"/fhir/Patient?identifier={ALICE}",  # the hot path
+        f"/fhir/CarePlan?subject:identifier={ALICE}",
+        "/fhir/Patient/0123abc",
+    ):
+        got = await api.client.get(url, headers=auth)
+        head = await api.client.head(url, headers=auth)
+        assert head.status_code == got.status_code, url
+        assert head.content == b""
+        assert head.headers["content-length"] == str(len(got.content))
+        same = {k: v for k, v in head.headers.items() if k not in ("x-request-id", "date")}
+        assert same == {k: v for k, v in got.headers.items() if k not in ("x-request-id", "date")}
+    refused = await api.client.delete("/fhir/metadata")
+    assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD"
+    text = (await api.client.get("/metrics")).text
+    assert 'method="HEAD",route="/fhir/Patient"' in text
+
+
 # --- Patient search ---------------------------------------------------------------------------------
 
 
@@ -302,6 +352,22 @@ async def test_careplan_status_filter(api: Api) -> None:
     assert both["total"] == 2
     none = (await api.get(f"/fhir/CarePlan?subject:identifier={ALICE}&status=draft")).json()
     assert none["total"] == 0 and "entry" not in none
+    # repeated parameters are AND (a plan has one status), a comma within one is OR
+    both_at_once = (
+        await api.get(f"/fhir/CarePlan?subject:identifier={ALICE}&status=active&status=completed")
+    ).json()
+    assert both_at_once["total"] == 0 and "entry" not in both_at_once
+    narrowed = f"/fhir/CarePlan?subject:identifier={ALICE}&status=active,completed&status=completed,draft"
+    assert [p["status"] for p in resources((await api.get(narrowed)).json())] == ["completed"]
+    # token search: the system CarePlan.status is bound to, or none; another system matches nothing
+    for value, total in (
+        ("http://hl7.org/fhir/request-status|active", 1),
+        ("http://hl7.org/fhir/request-status|", 2),
+        ("http://example.org/other|active", 0),
+        ("|active", 0),
+    ):
+        found = await api.get(f"/fhir/CarePlan?subject:identifier={ALICE}&" + urlencode({"status": value}))
+        assert found.json()["total"] == total, value
 
 
 async def test_careplan_search_includes_the_subject(api: Api) -> None:
@@ -352,11 +418,29 @@ async def test_paging_tokens_are_bound_to_the_client_and_cannot_be_edited(api: A
     assert await api.log_rows() == before
 
 
+@pytest.mark.parametrize("token", ["1.%FF%FE", "1.%C3%A9", "%FF.abc"])
+async def test_a_paging_token_with_non_ascii_characters_is_refused_as_any_other(api: Api, token: str) -> None:
+    pid = api.id(ALICE)
+    for url in (
+        f"/fhir/Patient?identifier=9990002169&_page={token}",
+        f"/fhir/CarePlan?patient=Patient/{pid}&_page={token}",
+        f"/fhir/Patient/{pid}/_history?_page={token}",
+        f"/fhir/Patient/{pid}/$everything?_page={token}",
+    ):
+        assert outcome(await api.get(url), 400, "invalid") == "the paging token is not valid for this search"
+
+
 async def test_count_is_capped_at_the_largest_page(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(api.services.settings, "max_page_size", 1)
     body = (await api.get(f"/fhir/CarePlan?subject:identifier={ALICE}&_count=50")).json()
     assert (body["total"], len(resources(body))) == (2, 1)
-    assert link(body, "next") is not None
+    # self (and next) carry the page size applied, not the one asked for; next still works
+    assert parse_qs(urlsplit(link(body, "self")).query)["_count"] == ["1"]  # type: ignore[arg-type]
+    following = link(body, "next")
+    assert following is not None and parse_qs(urlsplit(following).query)["_count"] == ["1"]
+    assert len(resources((await api.get(local(following))).json())) == 1
+    everything = (await api.get(f"/fhir/Patient/{api.id(ALICE)}/$everything?_count=50")).json()
+    assert parse_qs(urlsplit(link(everything, "self")).query)["_count"] == ["1"]  # type: ignore[arg-type]
     outcome(await api.get(f"/fhir/CarePlan?subject:identifier={ALICE}&_count=-1"), 400, "invalid")
 
 
@@ -558,6 +642,14 @@ async def test_the_hot_path_gzips_as_the_app_does(api: Api) -> None:
     assert int(zipped.headers["content-length"]) < len(plain.content)
     small = await api.get(f"/fhir/Patient?identifier={OPTED_OUT}", **{"Accept-Encoding": "gzip"})
     assert "content-encoding" not in small.headers and "vary" not in small.headers
+    for refused in ("gzip;q=0", "gzip; q=0.0, identity", "br, gzip;q=0"):  # q=0: not acceptable
+        unzipped = await api.get(url, **{"Accept-Encoding": refused})
+        assert "content-encoding" not in unzipped.headers, refused
+        routed = await api.client.request(
+            "GET", url, content=b"{}", headers={**unzipped.request.headers, "Accept-Encoding": refused}
+        )
+        assert "content-encoding" not in routed.headers, refused
+    assert (await api.get(url, **{"Accept-Encoding": "gzip;q=0.5"})).headers["content-encoding"] == "gzip"
 
 
 async def test_the_hot_path_names_its_route_in_the_metrics_and_echoes_the_request_id(api: Api) -> None:

@@ -330,6 +330,16 @@ async def test_large_responses_are_gzipped_for_callers_that_accept_it(shell: Api
     assert "content-encoding" not in response.headers
     small = await shell.client.get("/healthz", headers={"Accept-Encoding": "gzip"})
     assert "content-encoding" not in small.headers
+    for refused in (
+        "gzip;q=0",
+        "gzip; q=0.000, identity",
+        "x-gzip;q=0, gzip;q=0",
+    ):  # RFC 9110: not acceptable
+        response = await shell.client.get("/metrics", headers={"Accept-Encoding": refused})
+        assert "content-encoding" not in response.headers, refused
+        assert response.headers["vary"] == "Accept-Encoding"
+    weighted = await shell.client.get("/metrics", headers={"Accept-Encoding": "br, gzip;q=0.2"})
+    assert weighted.headers["content-encoding"] == "gzip"
 
 
 async def test_request_ids_are_honoured_when_usable_else_replaced(shell: Api) -> None:
@@ -367,8 +377,9 @@ async def test_the_access_log_is_one_json_line_per_request_without_query_strings
     await shell.client.get(f"/fhir/Patient?{QUERY}", headers={"X-Request-ID": "log-2"})
     await shell.client.get(f"/no/such/{NHS_NUMBER}/999 000 0018?{QUERY}", headers={"X-Request-ID": "log-3"})
     await shell.client.post("/test/echo", content=chunks(20, LIMIT // 10), headers={"X-Request-ID": "log-4"})
+    await shell.client.head(f"/test/who/{PATH_ID}", headers={"X-Request-ID": "log-5"})
     records = [r for r in caplog.records if r.name == "concord.access"]
-    assert len(records) == 4
+    assert len(records) == 5
     lines = {line["request_id"]: line for line in (json.loads(r.getMessage()) for r in records)}
     who = lines["log-1"]
     assert set(who) == {
@@ -387,6 +398,13 @@ async def test_the_access_log_is_one_json_line_per_request_without_query_strings
     assert lines["log-2"]["client_id"] is None
     assert lines["log-3"]["route"] == "/no/such/[redacted]/[redacted]"
     assert lines["log-4"]["status"] == 413
+    head = lines["log-5"]  # answered as a GET, logged as what it was, with no body sent
+    assert (head["method"], head["route"], head["status"], head["bytes"]) == (
+        "HEAD",
+        "/test/who/{rid}",
+        200,
+        0,
+    )
     for record in records:
         message = record.getMessage()
         assert "?" not in message and "identifier" not in message

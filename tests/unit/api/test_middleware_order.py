@@ -9,11 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from starlette.middleware.errors import ServerErrorMiddleware
-from starlette.middleware.gzip import GZipMiddleware
 
 from gateway.api.app import create_app
 from gateway.api.hot_path import HotPath
-from gateway.api.middleware import BodyLimitMiddleware, RequestMiddleware
+from gateway.api.middleware import BodyLimitMiddleware, GZip, RequestMiddleware
 from gateway.settings import Settings
 
 
@@ -30,5 +29,5 @@ def test_searches_meet_the_request_layer_and_hot_path_before_any_of_fastapis_lay
     stack = layers(app.build_middleware_stack())
     assert stack[:3] == [RequestMiddleware, HotPath, ServerErrorMiddleware]
     # the application's own middleware stays inside FastAPI's, in its order
-    assert stack.index(BodyLimitMiddleware) < stack.index(GZipMiddleware)
+    assert stack.index(BodyLimitMiddleware) < stack.index(GZip)
     assert stack.index(ServerErrorMiddleware) < stack.index(BodyLimitMiddleware)

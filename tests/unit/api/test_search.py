@@ -20,11 +20,13 @@ from gateway.api.search import (
     parse_identifier,
     parse_reference,
     query_string,
+    status_codes,
     strict_handling,
 )
 
 NHS = "9990000018"
 SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+REQUEST_STATUS = "http://hl7.org/fhir/request-status"
 LIMITS = Limits(default=20, maximum=100)
 BASE = "https://gw.example/fhir/"
 
@@ -107,6 +109,32 @@ def test_status_include_and_used_parameters() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("values", "statuses"),
+    [
+        (["active,on-hold"], {"active", "on-hold"}),  # a comma: OR
+        (["active", "on-hold"], set()),  # repeated: AND, and a plan has one status
+        (["active,on-hold", "on-hold,completed"], {"on-hold"}),
+        (["active", "active"], {"active"}),
+        ([f"{REQUEST_STATUS}|active"], {"active"}),
+        ([f"{REQUEST_STATUS}|active,draft"], {"active", "draft"}),
+        (["http://example.org/other|active"], set()),  # another system: nothing
+        (["|active"], set()),  # no system: a status always has one
+        ([f"{REQUEST_STATUS}|"], None),  # any code of the system
+        ([f"{REQUEST_STATUS}|", "active"], {"active"}),
+        ([","], None),
+    ],
+)
+def test_status_parameters_follow_the_token_rules(values: list[str], statuses: set[str] | None) -> None:
+    query = careplans(("patient", "p1"), *(("status", v) for v in values))
+    assert query.statuses == (None if statuses is None else frozenset(statuses))
+
+
+def test_status_codes_of_one_parameter() -> None:
+    assert status_codes(" active , on-hold ") == {"active", "on-hold"}
+    assert status_codes(f"{REQUEST_STATUS}|active,http://x|draft") == {"active"}
+
+
 def test_a_search_names_one_person() -> None:
     with pytest.raises(BadRequest):
         careplans(("patient", "Patient/p1"), ("subject:identifier", NHS))
@@ -116,6 +144,12 @@ def test_a_search_names_one_person() -> None:
 def test_count_defaults_and_is_capped(given: str | None, count: int) -> None:
     pairs = [("identifier", NHS)] + ([("_count", given)] if given is not None else [])
     assert parse(PATIENT_SEARCH, pairs, False, LIMITS).count == count
+
+
+def test_used_carries_the_count_applied_not_the_count_asked() -> None:
+    query = parse(PATIENT_SEARCH, [("identifier", NHS), ("_count", "500")], False, LIMITS)
+    assert query.used == (("identifier", NHS), ("_count", "100"))
+    assert careplans(("patient", "p1"), ("_count", "007")).used == (("patient", "p1"), ("_count", "7"))
 
 
 @pytest.mark.parametrize("given", ["-1", "ten", "1.5", "²"])
@@ -172,7 +206,7 @@ def test_parameters_that_would_change_what_matches_are_refused_under_any_handlin
 
 def test_empty_values_are_ignored() -> None:
     query = careplans(("patient", "p1"), ("status", ""), ("_count", ""))
-    assert query.statuses == frozenset()
+    assert query.statuses is None
     assert query.count == 20
 
 
@@ -206,7 +240,22 @@ class TestPageTokens:
             self.tokens.offset(token, client, path, used)
         assert caught.value.diagnostics == PageTokens.ERROR
 
-    @pytest.mark.parametrize("forged", ["", "40", "41.x", "-1.abc", "x.y", "99999999999.a", "40.", ".abc"])
+    @pytest.mark.parametrize(
+        "forged",
+        [
+            "",
+            "40",
+            "41.x",
+            "-1.abc",
+            "x.y",
+            "99999999999.a",
+            "40.",
+            ".abc",
+            "1.\xff\xfe",
+            "1.\ufffd\ufffd",
+            "40.é",
+        ],
+    )
     def test_forged_tokens_get_the_same_error(self, forged: str) -> None:
         with pytest.raises(BadRequest) as caught:
             self.tokens.offset(forged, "client-a", "Patient", self.used)
