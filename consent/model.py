@@ -135,6 +135,9 @@ class Reason(StrEnum):
     FACTS_UNAVAILABLE = "facts-unavailable"
     FACTS_MISMATCH = "facts-for-another-person"
     ERROR = "decision-error"
+    #: Not a rule's: the request named no one concord holds (a read of an unknown id), so nothing
+    #: was decided about anyone; logged so that it costs what a withheld answer costs.
+    NO_PERSON = "no-person"
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,6 +106,16 @@ class Disclosure:
         await self._append([self._entry(ask, nhs_number, decision, what)])
         return Disclosed(decision, loaded)
 
+    async def nobody(self, ask: Ask) -> None:
+        """Log a request that names no one concord holds (an unknown id): nothing is disclosed.
+
+        A deny with reason ``no-person`` and no NHS number. Writing it makes such a request cost
+        what one about a person who opted out costs (a decision and a log entry), so the time an
+        answer takes does not tell the two apart. Raises ``DisclosureUnavailable`` as ``person`` does.
+        """
+        decision = Decision(Verdict.DENY, Reason.NO_PERSON, ask.purpose)
+        await self._append([self._entry(ask, None, decision, detail(withheld=[]))])
+
     async def _withheld(self, nhs_number: str) -> list[str]:
         try:
             return await self.reads.refs(nhs_number)

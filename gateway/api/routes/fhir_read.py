@@ -150,6 +150,10 @@ class Context:
             return None
         return await self.api.searches.owner(rtype, rid)
 
+    async def nobody(self, action: str) -> None:
+        ask = Ask(self.principal.requester, Purpose.DIRECT_CARE.value, action, self.call.request_id)
+        await self.api.services.disclosure.nobody(ask)
+
     async def disclose(
         self, action: str, nhs_number: str, load: Callable[[str], Awaitable[Loaded]]
     ) -> Disclosed:
@@ -159,9 +163,11 @@ class Context:
     async def page(
         self, action: str, offset: int, limit: int, nhs_number: str | None, read: PageRead
     ) -> Page:
-        """One page for one person, through the disclosure function (nothing without a person)."""
+        """One page for one person, through the disclosure function (nothing without a person: a
+        request about no one is logged as such, ``Disclosure.nobody``)."""
         page = Page(offset)
         if nhs_number is None:
+            await self.nobody(action)
             return page
 
         async def load(number: str) -> Loaded:
@@ -290,6 +296,7 @@ async def _read(ctx: Context, rtype: str, rid: str, vid: str | None = None) -> R
         raise _not_found(rtype)
     nhs_number = await ctx.owner(rtype, rid)
     if nhs_number is None:
+        await ctx.nobody("read")
         raise _not_found(rtype)
     found: list[store.Stored] = []
 

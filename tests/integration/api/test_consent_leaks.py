@@ -360,6 +360,34 @@ async def test_every_request_about_a_person_writes_exactly_one_entry(api: Api, t
         assert await api.log_rows() == total + 1
 
 
+@pytest.mark.parametrize(
+    ("template", "action"),
+    [
+        ("/fhir/Patient/{pid}", "read"),
+        ("/fhir/CarePlan/{plan}", "read"),
+        ("/fhir/CarePlan?patient=Patient/{pid}", "search"),
+        ("/fhir/Patient/{pid}/_history", "history"),
+        ("/fhir/Patient/{pid}/$everything", "everything"),
+    ],
+)
+async def test_a_request_about_no_one_is_logged_as_such(api: Api, template: str, action: str) -> None:
+    """An unknown id names no one: a deny with reason no-person and no NHS number, so the request
+    costs what one about an opted-out person costs (a decision and an entry) and its timing says
+    nothing either."""
+    before = await api.log_rows(kind="disclosure", reason="no-person", action=action)
+    total = await api.log_rows()
+    response = await api.get(template.format(**api.person(NEVER_SEEN)))
+    assert response.status_code in (200, 404)
+    assert (
+        await api.log_rows(kind="disclosure", reason="no-person", action=action, decision="deny")
+        == before + 1
+    )
+    assert await api.log_rows() == total + 1
+    async with api.services.engine.connect() as conn:
+        last = (await conn.execute(select(audit_log).order_by(audit_log.c.seq.desc()).limit(1))).one()
+    assert (last.nhs_number, last.detail) == (None, '{"withheld":[]}')
+
+
 async def test_a_search_by_an_unknown_nhs_number_is_logged_too(api: Api) -> None:
     before = await api.log_rows(kind="disclosure", nhs_number=NEVER_SEEN)
     await api.get(f"/fhir/Patient?identifier={NEVER_SEEN}")
