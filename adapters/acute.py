@@ -56,9 +56,9 @@ FOLLOW_UP_ID: Final = "FOLLOWUP"
 NHS_NUMBER_OID: Final = "2.16.840.1.113883.2.1.4.1"
 
 _NHS_SHAPE = re.compile(r"\d{3}[ -]?\d{3}[ -]?\d{4}")
-_NHS_TYPES = frozenset({"NH", "HN"})
+_NHS_TYPES = frozenset({"NH", "HN", "NHS", "NHSNBR"})  # with the NHS as authority; NH on its own
 _HOSPITAL_TYPES = ("MR", "MRN", "MEDREC", "PI", "PT")
-_NOT_HOSPITAL_TYPES = frozenset({"SS", "NH", "HN", "NHS"})
+_NOT_HOSPITAL_TYPES = frozenset({"SS", "NH", "HN", "NHS", "NHSNBR"})
 _WITHDRAWN = frozenset({"D", "W"})  # OBX-11: deleted, wrong (withdrawn)
 _CODED = frozenset({"CE", "CWE", "CNE"})
 

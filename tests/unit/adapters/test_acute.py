@@ -445,3 +445,13 @@ def test_emails_faxes_and_pagers_are_not_phones() -> None:
         {"system": "fax", "value": "0113 4960002", "use": "home"},
         {"system": "pager", "value": "0113 4960009", "use": "work"},
     ]
+
+
+@pytest.mark.parametrize("cx", ["9990000018^^^NHS^NH", "9990000018^^^NHS^NHS", "9990000018^^^NHS^NHSNBR"])
+def test_the_nhs_number_is_found_under_the_identifier_types_trusts_use(cx: str) -> None:
+    fields = only_record(read_bytes(adt(f"PID|1||H1^^^R9Z01^MR~{cx}||Smith^Ann||19500102|F"))).fields
+    assert (fields["nhs_number"], fields["nhs_number_where"], fields["hospital_number"]) == (
+        "9990000018",
+        "PID-3",
+        "H1",
+    )
