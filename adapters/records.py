@@ -61,6 +61,11 @@ class RecordError:
 Item = SourceRecord | RecordError
 
 
+#: Reasons whose quarantined raw is not the whole record (a message over the size limit keeps only
+#: its start): a replay cannot read it, so it stays quarantined for that reason; re-send the record.
+NOT_HELD_WHOLE: Final = frozenset({"hl7-message-too-large"})
+
+
 class Adapter(Protocol):
     """Reads one source format. ``read`` streams: it holds one record in memory at a time."""
 

@@ -24,7 +24,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from adapters.records import Item, RecordError, SourceRecord
+from adapters.records import NOT_HELD_WHOLE, Item, RecordError, SourceRecord
 from consent.model import Requester, RequesterKind
 from gateway.prevalidate import Prevalidator
 from gateway.register import ConsentRegister, GpOptOut
@@ -151,7 +151,12 @@ class Ingestor:
                 row = await quarantine.get(conn, qid)
             if row is None or row.status != "open":
                 continue
-            items = list(adapters[row.source].reread(row.raw, row.location))
+            if row.reason in NOT_HELD_WHOLE:  # only its start is held: the same reason again
+                items: list[Item] = [
+                    RecordError(row.source, row.location, row.reason, row.field, row.detail, row.raw)
+                ]
+            else:
+                items = list(adapters[row.source].reread(row.raw, row.location))
             delta = await self._commit(items, None, replay_of=qid)
             _add(report, delta)
         return report

@@ -99,6 +99,24 @@ async def test_a_quarantined_record_replays_once_its_map_is_fixed(services: Serv
         assert await quarantine.listing(conn) == []
 
 
+async def test_a_message_over_the_size_limit_stays_quarantined_for_that_reason_on_replay(
+    services: Services,
+) -> None:
+    """Only its start is held, so a replay cannot read it: the reason stays, not hl7-no-pid."""
+    big = adt("A08", f"PID|1||H1^^^R9Z01^MR~{NHS}^^^NHS^NH||Smith^Ann||19500102|F", "ZU1|" + "x" * 5000)
+    report = await services.ingestor.run(
+        "acute", AcuteAdapter(max_message_bytes=2000).read(io.BytesIO(big)), "big.hl7"
+    )
+    assert dict(report.quarantined) == {"hl7-message-too-large": 1}
+    async with services.engine.connect() as conn:
+        (held,) = await quarantine.listing(conn)
+    again = await services.ingestor.replay([held.id], {"acute": AcuteAdapter()})
+    assert dict(again.quarantined) == {"hl7-message-too-large": 1}
+    async with services.engine.connect() as conn:
+        (still,) = await quarantine.listing(conn)
+    assert (still.id, still.reason, still.status) == (held.id, "hl7-message-too-large", "open")
+
+
 async def test_two_dates_of_birth_are_reported_not_resolved(services: Services) -> None:
     await ingest_gp(services, gp_row())
     patient = {
