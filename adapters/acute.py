@@ -48,7 +48,9 @@ EVENTS: Final = {
     "A13": "cancel discharge (revokes the discharge plan)",
     "A28": "add person",
     "A31": "update person",
+    "A34": "merge patient information, patient id only (as A40: MRG-1 names the retired number)",
     "A40": "merge patient (MRG-1 names the retired hospital number)",
+    "A47": "change internal identifier (as A40: MRG-1 names the number replaced)",
 }
 #: OBX-3 identifier of a discharge follow-up instruction (the trust's local code).
 FOLLOW_UP_ID: Final = "FOLLOWUP"

@@ -455,3 +455,10 @@ def test_the_nhs_number_is_found_under_the_identifier_types_trusts_use(cx: str) 
         "PID-3",
         "H1",
     )
+
+
+@pytest.mark.parametrize("event", ["A34", "A47"])
+def test_identifier_changes_retire_the_number_mrg_names(event: str) -> None:
+    new = "PID|1||H2^^^R9Z01^MR~9990000018^^^NHS^NH||Smith^Ann||19500102|F"
+    record = only_record(read_bytes(adt(new, "MRG|H1^^^R9Z01^MR", event=event)))
+    assert (record.local_id, record.fields["replaces_local_id"]) == ("H2", "H1")
