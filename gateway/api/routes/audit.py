@@ -29,7 +29,7 @@ import base64
 import hashlib
 import hmac
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Final
@@ -80,10 +80,9 @@ class AuditQuery:
     client_id: str | None = None
     since: str | None = None
     until: str | None = None
-    outcomes: set[str] = field(default_factory=set)
-    subtypes: set[str] = field(default_factory=set)
-    actions: set[str] = field(default_factory=set)
-    types: set[str] = field(default_factory=set)
+    #: One (parameter, codes) per ``outcome``, ``subtype``, ``action`` or ``type`` parameter: an entry
+    #: must match one code of each (a comma is OR, a repeated parameter AND, as FHIR search has it).
+    codes: list[tuple[str, frozenset[str]]] = field(default_factory=list)
     count: int = 20
     token: str | None = None
     used: list[tuple[str, str]] = field(default_factory=list)
@@ -98,14 +97,9 @@ class AuditQuery:
             found.append(c.at >= self.since)
         if self.until is not None:
             found.append(c.at <= self.until)
-        if self.outcomes:
-            found.append(or_(*(_outcome(o) for o in sorted(self.outcomes))))
-        if self.subtypes:
-            found.append(or_(*(_subtype(s) for s in sorted(self.subtypes))))
-        if self.actions:
-            found.append(or_(*(_action(a) for a in sorted(self.actions))))
-        if self.types:
-            found.append(or_(*(_type(t) for t in sorted(self.types))))
+        for name, codes in self.codes:
+            match = _MATCHES[name]
+            found.append(or_(*(match(code) for code in sorted(codes))))
         return found
 
 
@@ -260,7 +254,9 @@ def parse_audit_query(pairs: Sequence[tuple[str, str]], strict: bool, limits: Li
             if until is not None:
                 query.until = min(query.until or until, until)
         elif name != "_count":
-            _codes(query, name).update(_code(v) for v in value.split(",") if v.strip())
+            codes = frozenset(_code(v) for v in value.split(",") if v.strip())
+            if codes:
+                query.codes.append((name, codes))
     _check_codes(query)
     return query
 
@@ -292,19 +288,19 @@ class PageTokens:
         return base64.urlsafe_b64encode(digest).decode()
 
 
-def _codes(query: AuditQuery, name: str) -> set[str]:
-    return {"outcome": query.outcomes, "subtype": query.subtypes, "action": query.actions}.get(
-        name, query.types
-    )
+#: The codes each of these parameters may take, and the refusal for any other.
+_ALLOWED: Final = {
+    "outcome": ({"0", "4"}, "outcome must be 0 (success, permit) or 4 (deny)"),
+    "action": ({"C", "R", "U", "D", "E"}, "action must be C, R, U, D or E"),
+    "type": ({"110106", "rest"}, "type must be 110106 (disclosure) or rest (consent change)"),
+}
 
 
 def _check_codes(query: AuditQuery) -> None:
-    if query.outcomes - {"0", "4"}:
-        raise BadRequest("outcome must be 0 (success, permit) or 4 (deny)")
-    if query.actions - {"C", "R", "U", "D", "E"}:
-        raise BadRequest("action must be C, R, U, D or E")
-    if query.types - {"110106", "rest"}:
-        raise BadRequest("type must be 110106 (disclosure) or rest (consent change)")
+    for name, codes in query.codes:
+        allowed = _ALLOWED.get(name)
+        if allowed is not None and codes - allowed[0]:
+            raise BadRequest(allowed[1])
 
 
 def _window(value: str) -> tuple[str | None, str | None]:
@@ -393,6 +389,14 @@ def _action(code: str) -> ColumnElement[bool]:
 def _type(code: str) -> ColumnElement[bool]:
     c = audit_log.c
     return c.kind == Kind.DISCLOSURE if code == "110106" else c.kind != Kind.DISCLOSURE
+
+
+_MATCHES: Final[dict[str, Callable[[str], ColumnElement[bool]]]] = {
+    "outcome": _outcome,
+    "subtype": _subtype,
+    "action": _action,
+    "type": _type,
+}
 
 
 def _safe(name: str) -> str:

@@ -126,6 +126,10 @@ SEARCHES: dict[str, tuple[str, list[int]]] = {
     "deny": ("outcome=4", [2]),
     "success": ("outcome=0&date=lt2027-01-01", [1, 3, 4, 5, 6, 7]),
     "both-outcomes": ("outcome=0,4&date=lt2027-01-01", [1, 2, 3, 4, 5, 6, 7]),
+    # a repeated parameter is AND (a comma OR): no event has two outcomes
+    "outcome-and-outcome": ("outcome=0&outcome=4&date=lt2027-01-01", []),
+    "either-and-deny": ("outcome=0,4&outcome=4&date=lt2027-01-01", [2]),
+    "change-and-create": ("subtype=opt-out,withdraw&action=C", [1]),
     "consent-changes": ("subtype=opt-out,withdraw", [1, 4]),
     "creates": ("action=C", [1]),
     "disclosures": ("type=110106&date=lt2027-01-01", [2, 3, 5, 6, 7]),
