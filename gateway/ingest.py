@@ -38,7 +38,7 @@ from gateway.store.versioning import content_hash, now, stamp
 from mappings import nhs_number
 from mappings.engine import MappingError, shown_code
 from mappings.mapper import MappedRecord, Mapper, contribution_resource, provenance
-from mappings.shared_view import Conflict, Contribution, merge, recorded_instant
+from mappings.shared_view import Conflict, Contribution, merge, recorded_instant, retired
 from mappings.validate import ValidationFailure, validate
 
 ProgressFn = Callable[[int], None]
@@ -90,6 +90,8 @@ class _Batch:
     opt_outs: list[GpOptOut] = field(default_factory=list)
     #: (source, local id) that a merge in this batch retires: their contributions are not staged.
     superseded: set[tuple[str, str]] = field(default_factory=set)
+    #: NHS numbers a merge in this batch retired records of → the NHS number of the survivor.
+    merged_into: dict[str, str] = field(default_factory=dict)
     #: People whose consent changed in this batch, with their new epochs (caches are told after commit).
     consent_epochs: dict[str, int] = field(default_factory=dict)
 
@@ -267,6 +269,8 @@ class Ingestor:
             for number in numbers:
                 by_person.get(number, {}).pop((m.source, old), None)
                 batch.touched.add(number)
+                if number != m.nhs_number:
+                    batch.merged_into[number] = m.nhs_number
 
     def _map(self, items: Sequence[Item], batch: _Batch) -> list[tuple[SourceRecord, MappedRecord]]:
         mapped = []
@@ -386,10 +390,20 @@ class Ingestor:
         current: dict[Key, Current],
         batch: _Batch,
     ) -> None:
-        """Re-merge one person's shared Patient and its per-source Provenance; stage what changed."""
-        if not contributions:
-            return
+        """Re-merge one person's shared Patient and its per-source Provenance; stage what changed.
+
+        A person no source holds any more (a merge retired their last record) keeps a Patient that
+        says so: inactive, ``replaced-by`` the survivor (``shared_view.retired``).
+        """
         patient_id = self.mapper.ids.patient(nhs_number)
+        if not contributions:
+            key = ("Patient", patient_id)
+            if key not in current and not await current_versions(conn, [key]):
+                return  # never stored (a record staged and retired within this batch): nothing to say
+            survivor = batch.merged_into.get(nhs_number)
+            into = self.mapper.ids.patient(survivor) if survivor else None
+            await self._stage(conn, [retired(patient_id, nhs_number, into)], nhs_number, current, batch)
+            return
         merged, found = merge(
             patient_id,
             [Contribution(c.source, c.local_id, c.content, c.recorded) for c in contributions.values()],
@@ -410,6 +424,20 @@ class Ingestor:
                     "Patient",
                 )
             )
+        await self._stage(conn, resources, nhs_number, current, batch)
+        batch.conflicts[nhs_number] = found
+        for conflict in found:
+            batch.report.conflicts[conflict.element] += 1
+
+    async def _stage(
+        self,
+        conn: AsyncConnection,
+        resources: Sequence[dict[str, Any]],
+        nhs_number: str,
+        current: dict[Key, Current],
+        batch: _Batch,
+    ) -> None:
+        """A new version of each of a person's ``resources`` whose content changed, validated."""
         for resource in resources:
             key = (resource["resourceType"], resource["id"])
             rhash = content_hash(resource)
@@ -430,9 +458,6 @@ class Ingestor:
             )
             current[key] = Current(version_id, rhash)
             batch.report.count_resource(key[0], "new" if version_id == 1 else "changed")
-        batch.conflicts[nhs_number] = found
-        for conflict in found:
-            batch.report.conflicts[conflict.element] += 1
 
     async def _write_quality(self, conn: AsyncConnection, batch: _Batch) -> None:
         if not batch.warnings:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from mappings.engine import parse_datetime
-from mappings.validate import UKCORE_PATIENT
+from mappings.validate import NHS_NUMBER_SYSTEM, UKCORE_PATIENT
 
 PRECEDENCE: Final = ("gp", "acute", "community", "social-care", "fhir")
 CHECKED_ELEMENTS: Final = ("birthDate", "gender")
@@ -67,6 +67,22 @@ def merge(patient_id: str, contributions: Sequence[Contribution]) -> tuple[dict[
             if key not in _SKIP and key not in patient:
                 patient[key] = value
     return patient, conflicts(ranked)
+
+
+def retired(patient_id: str, nhs_number: str, replaced_by: str | None) -> dict[str, Any]:
+    """The shared Patient of a person no source holds any more (an HL7 merge retired the last
+    record): inactive, identified by the NHS number alone, and, when the merge named the person it
+    joined them to, ``link`` ``replaced-by`` that Patient (FHIR's way of showing a merge)."""
+    patient: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": patient_id,
+        "meta": {"profile": [UKCORE_PATIENT]},
+        "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": nhs_number}],
+        "active": False,
+    }
+    if replaced_by is not None:
+        patient["link"] = [{"other": {"reference": f"Patient/{replaced_by}"}, "type": "replaced-by"}]
+    return patient
 
 
 def conflicts(contributions: Sequence[Contribution]) -> list[Conflict]:

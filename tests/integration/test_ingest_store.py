@@ -217,6 +217,27 @@ async def test_a_merge_that_keeps_the_hospital_number_in_one_file_keeps_the_surv
     assert await acute_held(services) == [("R9Z01", "H2", NHS)]
 
 
+async def test_a_person_whose_last_record_a_merge_retires_is_shown_as_replaced(services: Services) -> None:
+    """Two NHS numbers, one person: the merged-away number's Patient becomes inactive and points
+    to the survivor (Patient.link replaced-by) instead of keeping the retired record's details."""
+    duplicate = f"PID|1||H1^^^R9Z01^MR~{OTHER_NHS}^^^NHS^NH||Dup^Anna||19600101|F"
+    survivor = f"PID|1||H2^^^R9Z01^MR~{NHS}^^^NHS^NH||Survivor^Anna||19600101|F"
+    await services.ingestor.run("acute", AcuteAdapter().read(io.BytesIO(adt("A01", duplicate))), "a.hl7")
+    merge = adt("A40", survivor, f"MRG|H1^^^R9Z01^MR~{OTHER_NHS}^^^NHS^NH")
+    report = await services.ingestor.run("acute", AcuteAdapter().read(io.BytesIO(merge)), "b.hl7")
+    assert report.accepted == 1
+    ids = services.mapper.ids
+    async with services.engine.connect() as conn:
+        gone = orjson.loads(await read_current(conn, "Patient", ids.patient(OTHER_NHS)) or b"{}")
+        kept = orjson.loads(await read_current(conn, "Patient", ids.patient(NHS)) or b"{}")
+    assert gone["active"] is False and "name" not in gone
+    assert gone["identifier"] == [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": OTHER_NHS}]
+    assert gone["link"] == [{"other": {"reference": f"Patient/{ids.patient(NHS)}"}, "type": "replaced-by"}]
+    assert gone["meta"]["versionId"] == "2"
+    assert kept["name"][0]["family"] == "Survivor"
+    assert await acute_held(services) == [("R9Z01", "H2", NHS)]
+
+
 async def test_a_merge_retires_only_the_merging_trusts_hospital_number(services: Services) -> None:
     """Another trust's patient with the same hospital number is someone else: untouched."""
     ours = f"PID|1||H1^^^R9Z01^MR~{NHS}^^^NHS^NH||Alpha^Anna||19600101|F"
