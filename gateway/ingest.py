@@ -403,6 +403,7 @@ class Ingestor:
             survivor = batch.merged_into.get(nhs_number)
             into = self.mapper.ids.patient(survivor) if survivor else None
             await self._stage(conn, [retired(patient_id, nhs_number, into)], nhs_number, current, batch)
+            batch.conflicts[nhs_number] = []  # nothing left to disagree
             return
         merged, found = merge(
             patient_id,
