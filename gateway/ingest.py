@@ -88,10 +88,9 @@ class _Batch:
     conflicts: dict[str, list[Conflict]] = field(default_factory=dict)
     #: GP rows whose opt-out code is new or changed: the consent register follows them.
     opt_outs: list[GpOptOut] = field(default_factory=list)
-    #: (source, local id) that a merge in this batch retires: their contributions are not staged.
-    superseded: set[tuple[str, str]] = field(default_factory=set)
-    #: NHS numbers a merge in this batch retired records of → the NHS number of the survivor.
-    merged_into: dict[str, str] = field(default_factory=dict)
+    #: (source, sender's ODS code, local id) that a merge in this batch retires: their contributions
+    #: are not staged (a merge by an unnamed sender, or of a record from one, matches any sender).
+    superseded: set[tuple[str, str | None, str]] = field(default_factory=set)
     #: People whose consent changed in this batch, with their new epochs (caches are told after commit).
     consent_epochs: dict[str, int] = field(default_factory=dict)
 
@@ -192,7 +191,7 @@ class Ingestor:
             by_person.setdefault(c.nhs_number, {})[(c.source, c.local_id)] = c
         batch.loaded = _keys(mapped, self.mapper)
         batch.superseded = {
-            (m.source, m.replaces_local_id)
+            (m.source, m.source_ods or None, m.replaces_local_id)
             for _, m in mapped
             if m.replaces_local_id and m.replaces_local_id != m.local_id
         }
@@ -269,8 +268,6 @@ class Ingestor:
             for number in numbers:
                 by_person.get(number, {}).pop((m.source, old), None)
                 batch.touched.add(number)
-                if number != m.nhs_number:
-                    batch.merged_into[number] = m.nhs_number
 
     def _map(self, items: Sequence[Item], batch: _Batch) -> list[tuple[SourceRecord, MappedRecord]]:
         mapped = []
@@ -343,7 +340,7 @@ class Ingestor:
         if previous is not None and _older(m.recorded, previous.recorded):
             # An older message arriving late (or an event feed re-read) never overwrites newer demographics.
             pass
-        elif (m.source, m.local_id) in batch.superseded:
+        elif _superseded(batch.superseded, m):
             pass  # a merge in this batch retires this local id (HL7 A40): its demographics are not kept
         elif previous is None or previous.content_hash != chash or previous.opt_out_code != m.opt_out_code:
             outcomes.append("new" if previous is None else "changed")
@@ -393,16 +390,14 @@ class Ingestor:
         """Re-merge one person's shared Patient and its per-source Provenance; stage what changed.
 
         A person no source holds any more (a merge retired their last record) keeps a Patient that
-        says so: inactive, ``replaced-by`` the survivor (``shared_view.retired``).
+        says so: inactive (``shared_view.retired``).
         """
         patient_id = self.mapper.ids.patient(nhs_number)
         if not contributions:
             key = ("Patient", patient_id)
             if key not in current and not await current_versions(conn, [key]):
                 return  # never stored (a record staged and retired within this batch): nothing to say
-            survivor = batch.merged_into.get(nhs_number)
-            into = self.mapper.ids.patient(survivor) if survivor else None
-            await self._stage(conn, [retired(patient_id, nhs_number, into)], nhs_number, current, batch)
+            await self._stage(conn, [retired(patient_id, nhs_number)], nhs_number, current, batch)
             batch.conflicts[nhs_number] = []  # nothing left to disagree
             return
         merged, found = merge(
@@ -541,3 +536,13 @@ def _nhs_or_none(value: object) -> str | None:
         return nhs_number.normalise(str(value)) if value else None
     except nhs_number.NhsNumberError:
         return None
+
+
+def _superseded(superseded: set[tuple[str, str | None, str]], m: MappedRecord) -> bool:
+    """Whether a merge in this batch retires ``m``'s local id at ``m``'s sender (as
+    ``people.retire_contribution`` matches: a record or merge with no named sender matches any)."""
+    if not superseded:
+        return False
+    if m.source_ods is None or m.source_ods == "":
+        return any((s, lid) == (m.source, m.local_id) for s, _, lid in superseded)
+    return (m.source, m.source_ods, m.local_id) in superseded or (m.source, None, m.local_id) in superseded

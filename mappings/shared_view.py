@@ -69,20 +69,20 @@ def merge(patient_id: str, contributions: Sequence[Contribution]) -> tuple[dict[
     return patient, conflicts(ranked)
 
 
-def retired(patient_id: str, nhs_number: str, replaced_by: str | None) -> dict[str, Any]:
+def retired(patient_id: str, nhs_number: str) -> dict[str, Any]:
     """The shared Patient of a person no source holds any more (an HL7 merge retired the last
-    record): inactive, identified by the NHS number alone, and, when the merge named the person it
-    joined them to, ``link`` ``replaced-by`` that Patient (FHIR's way of showing a merge)."""
-    patient: dict[str, Any] = {
+    record): inactive and identified by the NHS number alone.
+
+    No ``link`` to the survivor: served or published, it would tell its reader that concord holds
+    that person, who may have opted out.
+    """
+    return {
         "resourceType": "Patient",
         "id": patient_id,
         "meta": {"profile": [UKCORE_PATIENT]},
         "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": nhs_number}],
         "active": False,
     }
-    if replaced_by is not None:
-        patient["link"] = [{"other": {"reference": f"Patient/{replaced_by}"}, "type": "replaced-by"}]
-    return patient
 
 
 def conflicts(contributions: Sequence[Contribution]) -> list[Conflict]:

@@ -217,9 +217,31 @@ async def test_a_merge_that_keeps_the_hospital_number_in_one_file_keeps_the_surv
     assert await acute_held(services) == [("R9Z01", "H2", NHS)]
 
 
-async def test_a_person_whose_last_record_a_merge_retires_is_shown_as_replaced(services: Services) -> None:
-    """Two NHS numbers, one person: the merged-away number's Patient becomes inactive and points
-    to the survivor (Patient.link replaced-by) instead of keeping the retired record's details."""
+async def test_a_merge_in_a_batch_keeps_another_trusts_record_with_the_same_number(
+    services: Services,
+) -> None:
+    ours = f"PID|1||H1^^^R9Z01^MR~{NHS}^^^NHS^NH||Alpha^Anna||19600101|F"
+    survivor = f"PID|1||H7^^^R9Z01^MR~{NHS}^^^NHS^NH||Alpha^Anna||19600101|F"
+    theirs_msh = "MSH|^~\\&|PAS|R9Z02|CONCORD|ICB|20260401120000||ADT^A01|T1|P|2.5"
+    theirs = (
+        "\r".join(
+            [
+                theirs_msh,
+                "EVN|A01|20260401120000",
+                f"PID|1||H1^^^R9Z02^MR~{OTHER_NHS}^^^NHS^NH||Beta^Bob||19700101|M",
+            ]
+        ).encode()
+        + b"\r"
+    )
+    data = adt("A01", ours) + adt("A40", survivor, "MRG|H1^^^R9Z01^MR") + theirs
+    report = await services.ingestor.run("acute", AcuteAdapter().read(io.BytesIO(data)), "mixed.hl7")
+    assert report.accepted == 3
+    assert await acute_held(services) == [("R9Z01", "H7", NHS), ("R9Z02", "H1", OTHER_NHS)]
+
+
+async def test_a_person_whose_last_record_a_merge_retires_is_shown_as_inactive(services: Services) -> None:
+    """Two NHS numbers, one person: the merged-away number's Patient becomes inactive instead of
+    keeping the retired record's details."""
     duplicate = f"PID|1||H1^^^R9Z01^MR~{OTHER_NHS}^^^NHS^NH||Dup^Anna||19600101|F"
     survivor = f"PID|1||H2^^^R9Z01^MR~{NHS}^^^NHS^NH||Survivor^Anna||19600101|F"
     await services.ingestor.run("acute", AcuteAdapter().read(io.BytesIO(adt("A01", duplicate))), "a.hl7")
@@ -232,7 +254,7 @@ async def test_a_person_whose_last_record_a_merge_retires_is_shown_as_replaced(s
         kept = orjson.loads(await read_current(conn, "Patient", ids.patient(NHS)) or b"{}")
     assert gone["active"] is False and "name" not in gone
     assert gone["identifier"] == [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": OTHER_NHS}]
-    assert gone["link"] == [{"other": {"reference": f"Patient/{ids.patient(NHS)}"}, "type": "replaced-by"}]
+    assert "link" not in gone  # naming the survivor would tell a reader concord holds them
     assert gone["meta"]["versionId"] == "2"
     assert kept["name"][0]["family"] == "Survivor"
     assert await acute_held(services) == [("R9Z01", "H2", NHS)]
