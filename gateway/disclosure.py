@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 Loaded = list[tuple[str, str, bytes]]
 
+
+#: A number no person has (it fails the check digit rule): what ``nobody`` decides and reads for.
+NO_ONE: Final = "0000000001"
 
 class Appender(Protocol):
     """Where decisions are logged: the ``AuditLog`` itself, or a ``BatchedAppender`` in a server."""
@@ -109,10 +112,14 @@ class Disclosure:
     async def nobody(self, ask: Ask) -> None:
         """Log a request that names no one concord holds (an unknown id): nothing is disclosed.
 
-        A deny with reason ``no-person`` and no NHS number. Writing it makes such a request cost
-        what one about a person who opted out costs (a decision and a log entry), so the time an
-        answer takes does not tell the two apart. Raises ``DisclosureUnavailable`` as ``person`` does.
+        A deny with reason ``no-person`` and no NHS number, after the steps a withheld answer takes
+        (a decision and a read of the refs withheld, for ``NO_ONE``), so that the time an answer
+        takes does not tell "not held" from "opted out". Raises ``DisclosureUnavailable`` as
+        ``person`` does.
         """
+        # The steps a withheld answer takes (a decision, the refs withheld), for a number no one has.
+        await self.decider.decide(NO_ONE, ask.purpose, ask.requester)
+        await self._withheld(NO_ONE)
         decision = Decision(Verdict.DENY, Reason.NO_PERSON, ask.purpose)
         await self._append([self._entry(ask, None, decision, detail(withheld=[]))])
 

@@ -185,7 +185,10 @@ class PostgresWriter:
         async with self._turn:
             try:
                 conn = self._conn or await self._connect()
-                return await append_postgres(conn, entries, checkpoint_every, sign)
+                head = await append_postgres(conn, entries, checkpoint_every, sign)
+                if conn.is_closed():  # lost after the append committed (saving a checkpoint, say)
+                    self._conn = None
+                return head
             except BaseException as exc:
                 if self._conn is not None and (
                     self._conn.is_closed() or not isinstance(exc, asyncpg.PostgresError)

@@ -85,11 +85,8 @@ async def verify_store(
                 spans = await check_in_parallel(
                     log, source, plan_spans(last, wanted * SPANS_PER_WORKER), verifier, wanted - 1
                 )
-                return Verified(
-                    _head_present(join_spans(verifier, [spans[lo] for lo in sorted(spans)]), head),
-                    time.perf_counter() - started,
-                    wanted,
-                )
+                joined = _head_present(join_spans(verifier, [spans[lo] for lo in sorted(spans)]), head)
+                return Verified(await _head_not_behind(conn, joined), time.perf_counter() - started, wanted)
             except SpanMismatch:
                 logger.warning(
                     "the audit log changed while it was verified in spans; verifying it in one pass"
@@ -99,7 +96,28 @@ async def verify_store(
             async for rows in pages:
                 if not verifier.feed_rows(rows):
                     break
-    return Verified(_head_present(verifier.finish(), head), time.perf_counter() - started)
+        result = await _head_not_behind(conn, _head_present(verifier.finish(), head))
+    return Verified(result, time.perf_counter() - started)
+
+
+async def _head_not_behind(conn: AsyncConnection, result: Verification) -> Verification:
+    """``result``, with a head behind the log's last entry as its problem if nothing came before it.
+
+    The head read before the entries may lag appends made since; one read after them may not: an
+    entry and the head that names it commit together, so a head now naming an earlier entry than
+    the last one read was moved back (every append would then collide with a stored entry).
+    """
+    if result.problem is not None:
+        return result
+    now = await stored_head(conn)
+    if now is not None and now[0] < result.last_seq:
+        result.problem = Problem(
+            now[0] + 1,
+            "head",
+            f"the log's head names entry {now[0]} but the log goes on to entry {result.last_seq}: "
+            f"it was moved back (the next append would collide with entry {now[0] + 1})",
+        )
+    return result
 
 
 def _head_present(result: Verification, head: tuple[int, str] | None) -> Verification:

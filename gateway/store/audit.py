@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-import asyncpg
 from sqlalchemy import Row, Select, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -147,8 +146,9 @@ async def append_postgres(
     never refused and tried again because another went first.
 
     When ``checkpoint_every`` entries are then unsigned, the new head is signed in a second
-    statement (``sign(seq, entry_hash)``). A failure there leaves the appended entries committed
-    and the checkpoint to the next append or the periodic signer: it is logged, not raised.
+    statement (``sign(seq, entry_hash)``). Any failure there leaves the appended entries committed
+    and the checkpoint to the next append or the periodic signer: it is logged, not raised (the
+    append succeeded; failing its requests would log disclosures that were never answered).
     """
     if not entries:
         return await current_head(conn)
@@ -158,10 +158,10 @@ async def append_postgres(
     head = Head(seq, entry_hash, checkpoint_seq)
     if head.seq - head.checkpoint_seq < checkpoint_every:
         return head
-    cp = sign(head.seq, head.entry_hash)
     try:
+        cp = sign(head.seq, head.entry_hash)
         await conn.execute(_SIGN_SQL, cp.seq, cp.entry_hash, cp.signed_at, cp.key_id, cp.signature)
-    except asyncpg.PostgresError:
+    except Exception:  # noqa: BLE001 - the entries are committed: the append succeeded, unsigned
         log.warning("an audit checkpoint could not be saved after an append; the next one will sign")
         return head
     return Head(head.seq, head.entry_hash, cp.seq)

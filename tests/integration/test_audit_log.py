@@ -295,13 +295,16 @@ async def test_a_checkpoint_another_process_saved_first_is_kept(services: Servic
 
 
 @pytest.mark.parametrize("store_settings", ["postgres"], indirect=True)
+@pytest.mark.parametrize("failure", ["the INSERT", "signing"])
 async def test_a_checkpoint_that_cannot_be_saved_leaves_the_append_committed(
-    services: Services, caplog: pytest.LogCaptureFixture
+    services: Services, caplog: pytest.LogCaptureFixture, failure: str
 ) -> None:
     settings = services.settings
     writer = PostgresWriter(settings.resolved_database_url(), settings.database_schema)
 
     def sign(seq: int, entry_hash: str) -> Checkpoint:
+        if failure == "signing":
+            raise RuntimeError("the key is unavailable")
         good = sign_checkpoint(services.log.key, seq, entry_hash, datetime(2026, 11, 24, tzinfo=UTC))
         return replace(good, key_id="k" * 40)  # longer than the column: the INSERT fails
 

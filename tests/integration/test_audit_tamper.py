@@ -213,6 +213,12 @@ async def delete_unsigned_tail_only(conn: AsyncConnection) -> None:
     await sql(conn, "DELETE FROM audit_log WHERE seq = 11")
 
 
+async def move_head_back(conn: AsyncConnection) -> None:
+    """The head set to entry 7, a real entry with its real hash, on an 11-entry log."""
+    seven = (await conn.execute(text("SELECT entry_hash FROM audit_log WHERE seq = 7"))).scalar_one()
+    await sql(conn, "UPDATE audit_head SET seq = 7, entry_hash = :h", h=seven)
+
+
 async def delete_head(conn: AsyncConnection) -> None:
     await sql(conn, "DELETE FROM audit_head WHERE id = 1")
 
@@ -310,6 +316,7 @@ CASES: dict[str, Case] = {
     "edit-head-hash": Case(edit_head_hash, (11, "head"), says="names entry 11 with a hash that entry"),
     "delete-unsigned-tail": Case(delete_unsigned_tail_only, (11, "head"), says="ends at entry 10"),
     "delete-head": Case(delete_head, (12, "head"), says="head is missing"),
+    "move-head-back": Case(move_head_back, (8, "head"), says="names entry 7 but the log goes on to entry 11"),
 }
 
 TABLES = ("audit_log", "audit_checkpoints", "audit_head")
