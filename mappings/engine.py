@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
@@ -213,6 +213,7 @@ class Engine:
             "concept": self._concept,
         }
         self._programs: dict[int, tuple[ResourceSpec, _Step]] = {}
+        self._code_shapes: dict[str, CodeShapes] = {}
 
     def check(self, spec: ResourceSpec) -> None:
         """Fail fast on a spec naming a transform or terminology map that does not exist."""
@@ -338,11 +339,18 @@ class Engine:
             return concept, True
         # The local code is named so an analyst knows what to add to the map, but only when it looks
         # like a code: a value that slipped in from another column (a name, an NHS number) is not.
-        issue = MappingIssue("unknown-code", rule.field, f"{shown_code(code)} not in ConceptMap {table_id}")
+        shown = shown_code(code, self._shapes(table_id))
+        issue = MappingIssue("unknown-code", rule.field, f"{shown} not in ConceptMap {table_id}")
         if rule.on_unknown == "quarantine":
             raise MappingError(issue)
         scope.warnings.append(issue)
         return code, False
+
+    def _shapes(self, table_id: str) -> CodeShapes:
+        found = self._code_shapes.get(table_id)
+        if found is None:
+            found = self._code_shapes[table_id] = CodeShapes.of(self.tables[table_id].entries)
+        return found
 
     def _code(self, value: Any, table_id: str, scope: _Scope, rule: Rule) -> Any:
         concept, known = self._lookup(value, table_id, scope, rule)
@@ -467,13 +475,46 @@ _PERSONAL_SHAPES = re.compile(
 )
 
 
-def shown_code(code: str) -> str:
+@dataclass(frozen=True, slots=True)
+class CodeShapes:
+    """What a map's own codes look like: their shapes (``_shape``) and the longest. A value that
+    fits neither came from somewhere else (a misplaced field), whatever characters it holds."""
+
+    shapes: frozenset[str]
+    longest: int
+
+    @classmethod
+    def of(cls, codes: Iterable[str]) -> CodeShapes:
+        codes = list(codes)
+        return cls(frozenset(_shape(c) for c in codes), max((len(c) for c in codes), default=0))
+
+    def fit(self, code: str) -> bool:
+        return len(code) <= self.longest and _shape(code) in self.shapes
+
+
+def _shape(code: str) -> str:
+    """Letters as ``A``, digits as ``9``, runs of either as one: ``LTC-DM`` → ``A-A``, ``01`` → ``9``."""
+    out: list[str] = []
+    for ch in code.upper():
+        kind = "A" if ch.isalpha() else "9" if ch.isdigit() else ch
+        if not out or out[-1] != kind:
+            out.append(kind)
+    return "".join(out)
+
+
+def shown_code(code: str, like: CodeShapes | None = None) -> str:
     """``code 'X'`` for a value shaped like a code; else only that the value is not code-shaped.
 
     A value shaped like a date, a postcode, a phone number, a capitalised name or an NHS number is
-    not named either: quarantine details and ``concord quality`` carry no patient data.
+    not named either, nor, given the map's codes (``like``), one longer than any of them or of
+    another shape: quarantine details and ``concord quality`` carry no patient data.
     """
-    if _CODE_SHAPE.fullmatch(code) and not nhs_number.is_valid(code) and not _PERSONAL_SHAPES.fullmatch(code):
+    if (
+        _CODE_SHAPE.fullmatch(code)
+        and not nhs_number.is_valid(code)
+        and not _PERSONAL_SHAPES.fullmatch(code)
+        and (like is None or like.fit(code))
+    ):
         return f"code {code!r}"
     return "a value that is not a code"
 

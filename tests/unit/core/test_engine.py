@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from mappings.engine import ODS_SYSTEM, Engine, MappingError, ResourceSpec, Rule
+from mappings.engine import ODS_SYSTEM, CodeShapes, Engine, MappingError, ResourceSpec, Rule, shown_code
 from mappings.specs import load_specs
 from mappings.terminology import load_tables, table_from_conceptmap
 
@@ -326,7 +326,9 @@ def test_code_unknown_is_quarantined_by_default(engine: Engine) -> None:
     ("value", "shown"),
     [
         ("Q", "code 'Q' not in ConceptMap administrative-gender"),  # a code: named for the analyst
-        ("LTC-DM.2", "code 'LTC-DM.2' not in ConceptMap administrative-gender"),
+        # not shaped like any of the map's codes (M, F, 1, FEMALE ...): from somewhere else
+        ("LTC-DM.2", "a value that is not a code not in ConceptMap administrative-gender"),
+        ("ABERNETHY", "a value that is not a code not in ConceptMap administrative-gender"),  # 9 > 7
         ("Davies 9990000026", "a value that is not a code not in ConceptMap administrative-gender"),
         ("9990000026", "a value that is not a code not in ConceptMap administrative-gender"),
         ("Amelia Davies", "a value that is not a code not in ConceptMap administrative-gender"),
@@ -339,7 +341,7 @@ def test_code_unknown_is_quarantined_by_default(engine: Engine) -> None:
         ("07700900123", "a value that is not a code not in ConceptMap administrative-gender"),
         ("ACTIVE", "code 'ACTIVE' not in ConceptMap administrative-gender"),
         ("H", "code 'H' not in ConceptMap administrative-gender"),
-        ("44054006", "code '44054006' not in ConceptMap administrative-gender"),  # SNOMED CT
+        ("44054006", "a value that is not a code not in ConceptMap administrative-gender"),
     ],
 )
 def test_an_unknown_value_is_named_only_when_it_looks_like_a_code(
@@ -581,3 +583,17 @@ def test_mapped_bodies_do_not_share_state_with_the_spec(engine: Engine) -> None:
     first = run(engine, rules, {})
     first["x"]["k"].append(2)
     assert run(engine, rules, {}) == {"x": {"k": [1]}}
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("LTC-CKD", "code 'LTC-CKD'"),  # shaped like the map's LTC-DM, LTC-COPD ...
+        ("LTC-DM.2", "a value that is not a code"),
+        ("44054006", "code '44054006'"),  # a map of SNOMED CT codes takes long numbers
+        ("LTC-COPD-EXTRA", "a value that is not a code"),  # longer than any of the map's codes
+    ],
+)
+def test_a_value_is_named_only_when_shaped_like_the_maps_own_codes(value: str, shown: str) -> None:
+    like = CodeShapes.of(["DEM", "LTC-DM", "LTC-COPD", "195967001", "44054006"])
+    assert shown_code(value, like) == shown
