@@ -42,6 +42,7 @@ Loaded = list[tuple[str, str, bytes]]
 #: A number no person has (it fails the check digit rule): what ``nobody`` decides and reads for.
 NO_ONE: Final = "0000000001"
 
+
 class Appender(Protocol):
     """Where decisions are logged: the ``AuditLog`` itself, or a ``BatchedAppender`` in a server."""
 
