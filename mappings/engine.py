@@ -477,8 +477,8 @@ _PERSONAL_SHAPES = re.compile(
 
 @dataclass(frozen=True, slots=True)
 class CodeShapes:
-    """What a map's own codes look like: their shapes (``_shape``) and the longest. A value that
-    fits neither came from somewhere else (a misplaced field), whatever characters it holds."""
+    """What a map's own codes look like: the kinds of character each is made of (``_shape``) and
+    the longest. A value that fits neither came from somewhere else (a misplaced field)."""
 
     shapes: frozenset[str]
     longest: int
@@ -493,13 +493,10 @@ class CodeShapes:
 
 
 def _shape(code: str) -> str:
-    """Letters as ``A``, digits as ``9``, runs of either as one: ``LTC-DM`` → ``A-A``, ``01`` → ``9``."""
-    out: list[str] = []
-    for ch in code.upper():
-        kind = "A" if ch.isalpha() else "9" if ch.isdigit() else ch
-        if not out or out[-1] != kind:
-            out.append(kind)
-    return "".join(out)
+    """The kinds of character a code is made of: letters (``A``), digits (``9``), each punctuation
+    mark as itself, in that order: ``LTC-DM`` → ``A-``, ``HBA1C`` → ``A9``, ``01`` → ``9``."""
+    kinds = {"A" if ch.isalpha() else "9" if ch.isdigit() else ch for ch in code}
+    return "".join(sorted(kinds, key=lambda k: (k != "A", k != "9", k)))
 
 
 def shown_code(code: str, like: CodeShapes | None = None) -> str:
