@@ -32,7 +32,6 @@ import orjson
 from sqlalchemy import select, tuple_
 
 from adapters.fhir import FhirBundleAdapter
-from adapters.json_shape import repeated_name
 from adapters.records import AdapterError, Item, SourceRecord
 from adapters.social_care import SocialCareAdapter
 from gateway.api.outcome import BadRequest, Forbidden, insufficient_scope, operation_outcome
@@ -198,12 +197,7 @@ def _json_object(body: bytes) -> Mapping[str, Any]:
         raise BadRequest("the body is not JSON", code="structure") from None
     if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
         raise BadRequest("the body must be a FHIR Bundle (resourceType Bundle)", code="structure")
-    repeated = repeated_name(body.removeprefix(_BOM))
-    if repeated is not None:
-        raise BadRequest(
-            f"an object in the body names {repeated} twice (FHIR JSON allows once)", code="structure"
-        )
-    return value
+    return value  # a name given twice is refused by the adapter (``adapters.fhir``), as on the CLI
 
 
 def _check_type_scopes(principal: Principal, entries: Iterable[Any]) -> None:

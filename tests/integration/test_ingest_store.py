@@ -140,8 +140,8 @@ async def test_two_dates_of_birth_are_reported_not_resolved(services: Services) 
     assert shared["birthDate"] == "1944-07-30"  # the GP's, by precedence; the other is only reported
 
 
-def adt(event: str, pid: str, *more: str) -> bytes:
-    msh = f"MSH|^~\\&|PAS|R9Z01|CONCORD|ICB|20260401120000||ADT^{event}|C{event}|P|2.5"
+def adt(event: str, pid: str, *more: str, facility: str = "R9Z01") -> bytes:
+    msh = f"MSH|^~\\&|PAS|{facility}|CONCORD|ICB|20260401120000||ADT^{event}|C{event}|P|2.5"
     return "\r".join([msh, f"EVN|{event}|20260401120000", pid, *more]).encode() + b"\r"
 
 
@@ -178,6 +178,10 @@ async def test_a_merge_retires_an_old_hospital_number_seen_earlier_in_the_same_f
 
 
 OTHER_NHS = "9990000026"
+
+
+#: Trust R9Z02's patient H1: someone else than R9Z01's H1.
+THEIRS_PID = f"PID|1||H1^^^R9Z02^MR~{OTHER_NHS}^^^NHS^NH||Beta^Bob||19700101|M"
 
 
 async def acute_held(services: Services) -> list[tuple[str, str, str]]:
@@ -222,17 +226,7 @@ async def test_a_merge_in_a_batch_keeps_another_trusts_record_with_the_same_numb
 ) -> None:
     ours = f"PID|1||H1^^^R9Z01^MR~{NHS}^^^NHS^NH||Alpha^Anna||19600101|F"
     survivor = f"PID|1||H7^^^R9Z01^MR~{NHS}^^^NHS^NH||Alpha^Anna||19600101|F"
-    theirs_msh = "MSH|^~\\&|PAS|R9Z02|CONCORD|ICB|20260401120000||ADT^A01|T1|P|2.5"
-    theirs = (
-        "\r".join(
-            [
-                theirs_msh,
-                "EVN|A01|20260401120000",
-                f"PID|1||H1^^^R9Z02^MR~{OTHER_NHS}^^^NHS^NH||Beta^Bob||19700101|M",
-            ]
-        ).encode()
-        + b"\r"
-    )
+    theirs = adt("A01", THEIRS_PID, facility="R9Z02")  # another trust's patient with the same number
     data = adt("A01", ours) + adt("A40", survivor, "MRG|H1^^^R9Z01^MR") + theirs
     report = await services.ingestor.run("acute", AcuteAdapter().read(io.BytesIO(data)), "mixed.hl7")
     assert report.accepted == 3
@@ -263,17 +257,7 @@ async def test_a_person_whose_last_record_a_merge_retires_is_shown_as_inactive(s
 async def test_a_merge_retires_only_the_merging_trusts_hospital_number(services: Services) -> None:
     """Another trust's patient with the same hospital number is someone else: untouched."""
     ours = f"PID|1||H1^^^R9Z01^MR~{NHS}^^^NHS^NH||Alpha^Anna||19600101|F"
-    theirs_msh = "MSH|^~\\&|PAS|R9Z02|CONCORD|ICB|20260401120000||ADT^A01|T1|P|2.5"
-    theirs = (
-        "\r".join(
-            [
-                theirs_msh,
-                "EVN|A01|20260401120000",
-                f"PID|1||H1^^^R9Z02^MR~{OTHER_NHS}^^^NHS^NH||Beta^Bob||19700101|M",
-            ]
-        ).encode()
-        + b"\r"
-    )
+    theirs = adt("A01", THEIRS_PID, facility="R9Z02")  # another trust's patient with the same number
     await services.ingestor.run("acute", AcuteAdapter().read(io.BytesIO(adt("A01", ours) + theirs)), "a.hl7")
     survivor = f"PID|1||H7^^^R9Z01^MR~{NHS}^^^NHS^NH||Alpha^Anna||19600101|F"
     await services.ingestor.run(

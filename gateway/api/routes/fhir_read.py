@@ -150,15 +150,16 @@ class Context:
             return None
         return await self.api.searches.owner(rtype, rid)
 
+    def _ask(self, action: str) -> Ask:
+        return Ask(self.principal.requester, Purpose.DIRECT_CARE.value, action, self.call.request_id)
+
     async def nobody(self, action: str) -> None:
-        ask = Ask(self.principal.requester, Purpose.DIRECT_CARE.value, action, self.call.request_id)
-        await self.api.services.disclosure.nobody(ask)
+        await self.api.services.disclosure.nobody(self._ask(action))
 
     async def disclose(
         self, action: str, nhs_number: str, load: Callable[[str], Awaitable[Loaded]]
     ) -> Disclosed:
-        ask = Ask(self.principal.requester, Purpose.DIRECT_CARE.value, action, self.call.request_id)
-        return await self.api.services.disclosure.person(ask, nhs_number, load)
+        return await self.api.services.disclosure.person(self._ask(action), nhs_number, load)
 
     async def page(
         self, action: str, offset: int, limit: int, nhs_number: str | None, read: PageRead
