@@ -137,7 +137,8 @@ async def append_postgres(
     checkpoint_every: int,
     sign: Callable[[int, str], Checkpoint],
 ) -> Head:
-    """Append ``entries`` on an asyncpg connection outside a transaction; returns the new head.
+    """Append ``entries`` on an asyncpg connection outside a transaction; returns the new head once
+    the entries are on disk.
 
     One statement, committing on its own: the server's ``audit_append`` (migration 0008) locks the
     head row, numbers and hashes the entries from the head it finds (the client sends each entry's
@@ -145,26 +146,36 @@ async def append_postgres(
     head. Appenders in other processes wait for the lock and chain on from there, so an append is
     never refused and tried again because another went first.
 
-    When ``checkpoint_every`` entries are then unsigned, the new head is signed in a second
-    statement (``sign(seq, entry_hash)``). Any failure there leaves the appended entries committed
-    and the checkpoint to the next append or the periodic signer: it is logged, not raised (the
-    append succeeded; failing its requests would log disclosures that were never answered).
+    That statement commits asynchronously: PostgreSQL keeps a row lock until the commit is on
+    disk, so otherwise every appender in every process would wait out the flushes of all those
+    before it, one at a time. The commit is made durable by the next statement instead, a
+    synchronous commit (migration 0009): WAL is flushed in order, so when it returns the append is
+    on disk too. Until then the entries are visible to readers but not yet durable; a server crash
+    in that moment loses them, and the requests they log are answered with neither.
+
+    When ``checkpoint_every`` entries are unsigned, that next statement saves the new head's
+    checkpoint (``sign(seq, entry_hash)``), a synchronous commit as well. Any failure there leaves
+    the appended entries committed and the checkpoint to the next append or the periodic signer: it
+    is logged, not raised (failing the requests would log disclosures that were never answered),
+    and the flush is made on its own.
     """
     if not entries:
         return await current_head(conn)
     tails = [canonical_tail(entry) for entry in entries]
     columns = list(zip(*(entry.row(0)[1:] for entry in entries), strict=True))
-    seq, entry_hash, checkpoint_seq = await conn.fetchrow(_APPEND_SQL, CANONICAL_HEAD, tails, *columns)
+    seq, entry_hash, checkpoint_seq, _ = await conn.fetchrow(_APPEND_SQL, CANONICAL_HEAD, tails, *columns)
     head = Head(seq, entry_hash, checkpoint_seq)
-    if head.seq - head.checkpoint_seq < checkpoint_every:
-        return head
-    try:
-        cp = sign(head.seq, head.entry_hash)
-        await conn.execute(_SIGN_SQL, cp.seq, cp.entry_hash, cp.signed_at, cp.key_id, cp.signature)
-    except Exception:  # noqa: BLE001 - the entries are committed: the append succeeded, unsigned
-        log.warning("an audit checkpoint could not be saved after an append; the next one will sign")
-        return head
-    return Head(head.seq, head.entry_hash, cp.seq)
+    if head.seq - head.checkpoint_seq >= checkpoint_every:
+        try:
+            cp = sign(head.seq, head.entry_hash)
+            await conn.execute(_SIGN_SQL, cp.seq, cp.entry_hash, cp.signed_at, cp.key_id, cp.signature)
+            return Head(head.seq, head.entry_hash, cp.seq)  # its commit flushed the append's
+        except Exception:
+            if conn.is_closed():
+                raise  # nothing can flush the append on this connection: in doubt, as a lost commit
+            log.warning("an audit checkpoint could not be saved after an append; the next one will sign")
+    await conn.execute(_FLUSH_SQL)
+    return head
 
 
 async def current_head(conn: Any) -> Head:
@@ -174,8 +185,18 @@ async def current_head(conn: Any) -> Head:
 
 
 #: $1: ``CANONICAL_HEAD``; $2: each entry's ``canonical_tail``; $3 to $15: the ``ENTRY_FIELDS``
-#: columns, each an array in the entries' order.
-_APPEND_SQL = "SELECT * FROM audit_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+#: columns, each an array in the entries' order. The statement's own transaction commits without
+#: waiting for the disk (``set_config(..., true)`` lasts until it ends), releasing the head's lock.
+_APPEND_SQL = (
+    "SELECT a.*, set_config('synchronous_commit', 'off', true) FROM"
+    " audit_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) a"
+)
+#: A synchronous commit that writes (so PostgreSQL flushes WAL up to it, the append's commit
+#: included), on a row no other connection updates: appenders' flushes never wait on each other.
+_FLUSH_SQL = """
+INSERT INTO audit_flushes (backend_pid, flushes) VALUES (pg_backend_pid(), 1)
+ON CONFLICT (backend_pid) DO UPDATE SET flushes = audit_flushes.flushes + 1
+"""
 #: A checkpoint over (seq, hash) just appended: saved once (another process may have signed the same
 #: head), and the head's checkpoint only ever moves forward.
 _SIGN_SQL = """

@@ -9,7 +9,9 @@
 - ``conflicts`` and ``unknown_codes``: the data-quality report.
 - ``consents``: the opt-out register, one row per opt-out (withdrawal keeps the row), as FHIR Consent.
 - ``audit_log``, ``audit_checkpoints``, ``audit_head``: the tamper-evident log (consent/chain.py
-  defines its format); ``audit_head`` is the one row appenders lock to extend the chain in order.
+  defines its format); ``audit_head`` is the one row appenders lock to extend the chain in order;
+  ``audit_flushes``: on PostgreSQL, the synchronous commit that puts each append on disk
+  (``store.audit.append_postgres``).
 """
 
 from __future__ import annotations
@@ -222,6 +224,16 @@ audit_head = Table(
     Column("seq", BigInteger, nullable=False),
     Column("entry_hash", String(64), nullable=False),
     Column("checkpoint_seq", BigInteger, nullable=False),
+)
+
+# One row per appending PostgreSQL connection (its backend pid): an append commits without waiting
+# for the disk, so as not to hold the head's lock meanwhile; updating this row then commits
+# synchronously, which flushes the append's commit with it (WAL is flushed in order).
+audit_flushes = Table(
+    "audit_flushes",
+    metadata,
+    Column("backend_pid", Integer, primary_key=True, autoincrement=False),
+    Column("flushes", BigInteger, nullable=False, server_default="0"),
 )
 
 # API clients (SMART Backend Services): one row per client organisation, with its public JWK Set.

@@ -17,7 +17,8 @@ from gateway.audit.batcher import BatchedAppender
 from gateway.audit.log import AuditLog, PostgresWriter, sign_periodically
 from gateway.audit.verify import verify_store
 from gateway.bootstrap import Services
-from gateway.store.audit import Head, lock_head, read_head, save_checkpoint, stream_entries
+from gateway.store.audit import Head, append_postgres, lock_head, read_head, save_checkpoint, stream_entries
+from gateway.store.database import asyncpg_target
 from gateway.store.schema import audit_checkpoints
 
 
@@ -316,3 +317,52 @@ async def test_a_checkpoint_that_cannot_be_saved_leaves_the_append_committed(
     finally:
         await writer.close()
     assert await verified_entries(services) == 3
+
+
+class _WalAfterAppend:
+    """An asyncpg connection that notes where WAL ends just after the append's own statement."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.appended_to: str | None = None
+
+    async def fetchrow(self, sql: str, *args: object) -> asyncpg.Record:
+        row = await self.conn.fetchrow(sql, *args)
+        if self.appended_to is None:
+            self.appended_to = await self.conn.fetchval("SELECT pg_current_wal_insert_lsn()::text")
+        return row
+
+    async def execute(self, sql: str, *args: object) -> str:
+        return str(await self.conn.execute(sql, *args))
+
+    def is_closed(self) -> bool:
+        return bool(self.conn.is_closed())
+
+
+@pytest.mark.parametrize("store_settings", ["postgres"], indirect=True)
+@pytest.mark.parametrize("checkpoint_every", [1000, 1], ids=["flushed", "flushed-by-its-checkpoint"])
+async def test_a_postgres_append_returns_only_once_it_is_on_disk(
+    services: Services, checkpoint_every: int
+) -> None:
+    """The append commits without waiting for the disk (not to hold the head's lock meanwhile), so
+    ``append_postgres`` must make it durable before returning: WAL flushed past the append's commit."""
+    settings = services.settings
+    dsn, server_settings = asyncpg_target(settings.resolved_database_url(), settings.database_schema)
+    conn = await asyncpg.connect(dsn, server_settings=server_settings)
+    try:
+        watched = _WalAfterAppend(conn)
+
+        def sign(seq: int, entry_hash: str) -> Checkpoint:
+            return sign_checkpoint(services.log.key, seq, entry_hash, datetime(2026, 11, 24, tzinfo=UTC))
+
+        head = await append_postgres(watched, [entry(1), entry(2)], checkpoint_every, sign)
+        flushed = await conn.fetchval(
+            "SELECT pg_current_wal_flush_lsn() >= $1::text::pg_lsn", watched.appended_to
+        )
+        assert flushed, "answered before the append was on disk"
+        assert head.seq == 2
+        assert head.checkpoint_seq == (2 if checkpoint_every == 1 else 0)
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"  # the session's own is untouched
+    finally:
+        await conn.close()
+    assert await verified_entries(services) == 2
