@@ -3,9 +3,13 @@
 Precedence (docs/mapping.md): for each top-level element, the first source in
 ``PRECEDENCE`` that has it wins: the GP holds the registered demographics,
 then the acute trust, community, social care, then pushed FHIR. Within one
-source the most recently recorded contribution wins. Disagreements on the
-elements that identify a person (date of birth, gender) are never resolved
-silently: they come back as Conflicts for the data-quality report.
+source the most recently recorded contribution wins. A choice element
+(``deceased[x]``, ``multipleBirth[x]``) is one element whatever its form: the
+winner's form is kept and any other dropped, since FHIR allows one.
+Disagreements on the elements that identify a person (date of birth, gender)
+are never resolved silently: they come back as Conflicts for the data-quality
+report, and so does a choice element that sources hold in different forms (the
+shared Patient can show only one of them).
 """
 
 from __future__ import annotations
@@ -20,6 +24,13 @@ from mappings.validate import NHS_NUMBER_SYSTEM, UKCORE_PATIENT
 PRECEDENCE: Final = ("gp", "acute", "community", "social-care", "fhir")
 CHECKED_ELEMENTS: Final = ("birthDate", "gender")
 _SKIP: Final = frozenset({"resourceType", "id", "meta", "text"})
+#: Patient's choice elements (FHIR R4, all top-level) by the JSON names of their forms.
+CHOICE_ELEMENTS: Final = {
+    "deceasedBoolean": "deceased[x]",
+    "deceasedDateTime": "deceased[x]",
+    "multipleBirthBoolean": "multipleBirth[x]",
+    "multipleBirthInteger": "multipleBirth[x]",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +73,13 @@ def merge(patient_id: str, contributions: Sequence[Contribution]) -> tuple[dict[
         "id": patient_id,
         "meta": {"profile": [UKCORE_PATIENT]},
     }
+    taken: set[str] = set()
     for contribution in ranked:
         for key, value in contribution.body.items():
-            if key not in _SKIP and key not in patient:
+            element = CHOICE_ELEMENTS.get(key, key)
+            if key not in _SKIP and element not in taken:
                 patient[key] = value
+                taken.add(element)
     return patient, conflicts(ranked)
 
 
@@ -86,6 +100,8 @@ def retired(patient_id: str, nhs_number: str) -> dict[str, Any]:
 
 
 def conflicts(contributions: Sequence[Contribution]) -> list[Conflict]:
+    """The checked elements the contributions disagree on, then the choice elements they hold in
+    more than one form."""
     found = []
     for element in CHECKED_ELEMENTS:
         values: dict[str, set[str]] = {}
@@ -94,6 +110,20 @@ def conflicts(contributions: Sequence[Contribution]) -> list[Conflict]:
             if v is not None and v != "unknown":
                 values.setdefault(str(v), set()).add(c.source)
         if len(values) > 1:
-            sources = sorted({s for group in values.values() for s in group})
-            found.append(Conflict(element, tuple(sources), len(values)))
+            found.append(_conflict(element, values))
+    for element in dict.fromkeys(CHOICE_ELEMENTS.values()):
+        held: dict[str, set[str]] = {}
+        forms: set[str] = set()
+        for c in contributions:
+            for key, v in c.body.items():
+                if CHOICE_ELEMENTS.get(key) == element:
+                    held.setdefault(f"{key}={v!r}", set()).add(c.source)
+                    forms.add(key)
+        if len(forms) > 1:
+            found.append(_conflict(element, held))
     return found
+
+
+def _conflict(element: str, values: dict[str, set[str]]) -> Conflict:
+    sources = sorted({s for group in values.values() for s in group})
+    return Conflict(element, tuple(sources), len(values))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import logging.config
 import signal
 import sys
 
@@ -12,6 +14,7 @@ import click
 from gateway.audit.batcher import BatchedAppender
 from gateway.bootstrap import Services
 from gateway.cli.common import err, run, write_json
+from gateway.cli.serve import log_config
 from gateway.publish.client import HieClient
 from gateway.publish.publisher import Publisher, backfill, utcnow
 from gateway.report import EXIT_FAILED
@@ -37,6 +40,9 @@ def publish(ctx: click.Context, until_idle: bool, backfill_all: bool) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
+    if not logging.getLogger().handlers:
+        # As ``serve`` logs (its child runs this): JSON lines, tracebacks without exception messages.
+        logging.config.dictConfig(log_config("warning"))
 
     async def body(services: Services) -> dict[str, int]:
         if not services.settings.hie_url:

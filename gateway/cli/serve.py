@@ -31,6 +31,7 @@ from typing import Any, Final
 import click
 import orjson
 
+from gateway import tracebacks
 from gateway.api.access_log import AccessLogHandler
 from gateway.audit.keys import SigningKeyError
 from gateway.bootstrap import bootstrap
@@ -42,7 +43,11 @@ LEVELS: Final = ("critical", "error", "warning", "info", "debug")
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and the traceback, if any)."""
+    """One JSON object per line: time, level, logger, message (and the traceback, if any).
+
+    A traceback gives each exception's type and frames but never its message (``gateway.tracebacks``):
+    a 500's exception may quote the record it failed on.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -54,6 +59,11 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(line).decode()
+
+    def formatException(self, ei: Any) -> str:
+        """Types and frames of the exception chain, no messages."""
+        exc = ei[1]
+        return tracebacks.describe(exc) if isinstance(exc, BaseException) else ""
 
 
 def log_config(level: str) -> dict[str, Any]:

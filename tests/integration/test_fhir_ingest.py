@@ -11,6 +11,7 @@ from adapters.fhir import FhirBundleAdapter
 from adapters.gp import GpAdapter
 from gateway.bootstrap import Services
 from gateway.report import IngestReport
+from gateway.store import quarantine
 from gateway.store.resources import count_by_type
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
@@ -93,3 +94,29 @@ async def test_records_that_cannot_be_stored_are_quarantined(services: Services)
     assert dict(report.quarantined) == {"nhs-number-missing": 1, "fhir-unsupported-resource": 1}
     async with services.engine.connect() as conn:
         assert await count_by_type(conn) == {}
+
+
+async def test_a_care_plan_containing_a_type_r4_lacks_is_quarantined_and_the_rest_stored(
+    services: Services,
+) -> None:
+    """An STU3 ProcedureRequest inside a plan: that person's record is held, the other stored."""
+    good = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": NHS, "value": "9990000018"}]}
+    other = {"resourceType": "Patient", "id": "p2", "identifier": [{"system": NHS, "value": "9990000026"}]}
+    plan = {
+        "resourceType": "CarePlan",
+        "id": "cp2",
+        "status": "active",
+        "intent": "plan",
+        "subject": {"reference": "Patient/p2"},
+        "contained": [{"resourceType": "ProcedureRequest", "id": "r1", "status": "active"}],
+        "activity": [{"reference": {"reference": "#r1"}}],
+    }
+    report = await ingest(services, transaction(good, other, plan))
+    assert (report.records, report.accepted, dict(report.quarantined)) == (2, 1, {"fhir-invalid": 1})
+    async with services.engine.connect() as conn:
+        assert await count_by_type(conn) == {"Patient": 1, "Provenance": 1}
+        (held,) = await quarantine.listing(conn)
+    assert (held.location, held.detail) == (
+        "entry 1",
+        "contained.0: ProcedureRequest is not a FHIR R4 resource type",
+    )

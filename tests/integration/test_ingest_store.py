@@ -13,7 +13,7 @@ from adapters.gp import COLUMNS, GpAdapter
 from gateway.bootstrap import Services
 from gateway.ingest import Ingestor
 from gateway.report import IngestReport
-from gateway.store import quarantine
+from gateway.store import people, quarantine
 from gateway.store.resources import history, read_current
 from gateway.store.schema import conflicts, contributions, outbox, resource_history
 from mappings.engine import Engine
@@ -304,3 +304,117 @@ async def test_one_stay_changed_twice_in_one_file_keeps_both_versions(services: 
     assert [(v["meta"]["versionId"], v["status"]) for v in versions] == [("2", "revoked"), ("1", "active")]
     assert current == versions[0]
     assert queued == 2  # each version is published
+
+
+# Sources that disagree on a choice element, and a person whose shared Patient will not validate -----
+
+THIRD_NHS = "9990000034"
+#: PID-29 (time of death) and PID-30 (death indicator): the acute feed's deceasedDateTime.
+DIED_PID = f"PID|1||H1^^^R9Z01^MR~{NHS}^^^NHS^NH||Smith^Ann||19500102|F" + "|" * 21 + "20260301101500|Y"
+
+
+def pushed(*patients: dict[str, object]) -> bytes:
+    entries = [{"fullUrl": f"urn:uuid:{n}", "resource": p} for n, p in enumerate(patients)]
+    return orjson.dumps({"resourceType": "Bundle", "type": "collection", "entry": entries})
+
+
+def fhir_patient(number: str, **elements: object) -> dict[str, object]:
+    identifier = [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": number}]
+    return {"resourceType": "Patient", "id": f"p{number}", "identifier": identifier, **elements}
+
+
+async def ingest_fhir(services: Services, body: bytes) -> IngestReport:
+    return await services.ingestor.run("fhir", FhirBundleAdapter().read(io.BytesIO(body)), "b.json")
+
+
+async def shared_patient(services: Services, number: str) -> dict[str, object]:
+    async with services.engine.connect() as conn:
+        stored = await read_current(conn, "Patient", services.mapper.ids.patient(number))
+    return orjson.loads(stored) if stored else {}
+
+
+async def conflict_rows(services: Services) -> list[tuple[str, str, str]]:
+    async with services.engine.connect() as conn:
+        rows = await conn.execute(
+            select(conflicts.c.nhs_number, conflicts.c.element, conflicts.c.sources).order_by(
+                conflicts.c.nhs_number, conflicts.c.element
+            )
+        )
+        return [tuple(r) for r in rows]
+
+
+async def test_a_time_of_death_and_a_pushed_deceased_boolean_make_one_element(services: Services) -> None:
+    """Acute first, then a push saying ``deceasedBoolean: false``: the batch is stored whole."""
+    await services.ingestor.run("acute", AcuteAdapter().read(io.BytesIO(adt("A08", DIED_PID))), "d.hl7")
+    report = await ingest_fhir(
+        services, pushed(fhir_patient(NHS, deceasedBoolean=False), fhir_patient(OTHER_NHS, gender="male"))
+    )
+    assert (report.accepted, report.quarantined_total) == (2, 0)
+    assert dict(report.conflicts) == {"deceased[x]": 1}
+    patient = await shared_patient(services, NHS)
+    assert patient["deceasedDateTime"] == "2026-03-01T10:15:00+00:00" and "deceasedBoolean" not in patient
+    assert (await shared_patient(services, OTHER_NHS))["gender"] == "male"
+    assert await conflict_rows(services) == [(NHS, "deceased[x]", "acute,fhir")]
+
+
+async def test_a_death_after_a_pushed_deceased_boolean_is_stored_with_the_rest_of_its_file(
+    services: Services,
+) -> None:
+    """The other order, three messages in one file; a later file naming the person goes in too."""
+    await ingest_fhir(services, pushed(fhir_patient(NHS, deceasedBoolean=False)))
+    others = [
+        f"PID|1||H2^^^R9Z01^MR~{OTHER_NHS}^^^NHS^NH||Beta^Bob||19700101|M",
+        f"PID|1||H3^^^R9Z01^MR~{THIRD_NHS}^^^NHS^NH||Gamma^Cy||19800101|F",
+    ]
+    data = adt("A08", others[0]) + adt("A08", DIED_PID) + adt("A08", others[1])
+    report = await services.ingestor.run("acute", AcuteAdapter().read(io.BytesIO(data)), "three.hl7")
+    assert (report.accepted, report.quarantined_total, report.exit_code) == (3, 0, 0)
+    for number in (OTHER_NHS, THIRD_NHS):
+        assert (await shared_patient(services, number))["birthDate"] in ("1970-01-01", "1980-01-01")
+    assert "deceasedBoolean" not in await shared_patient(services, NHS)
+    later = adt("A08", DIED_PID.replace("Smith^Ann", "Smith^Anne"))
+    again = await services.ingestor.run("acute", AcuteAdapter().read(io.BytesIO(later)), "later.hl7")
+    assert (again.accepted, again.quarantined_total) == (1, 0)
+    assert (await shared_patient(services, NHS))["name"] == [
+        {"use": "official", "family": "Smith", "given": ["Anne"]}
+    ]
+
+
+async def plant_contribution(services: Services, number: str, **content: object) -> None:
+    """A contribution stored under older, laxer rules: valid then, not now. No merge will validate."""
+    identifier = [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": number}]
+    body = {"identifier": identifier, **content}
+    planted = people.StoredContribution("gp", "G-OLD", number, "Y90001", None, "", "old", body)
+    async with services.engine.begin() as conn:
+        await people.save_contributions(conn, [planted])
+
+
+async def test_a_person_whose_shared_patient_will_not_validate_is_held_back_not_the_batch(
+    services: Services,
+) -> None:
+    await plant_contribution(services, NHS, gender="x")
+    data = adt("A08", THEIRS_PID, facility="R9Z02") + adt("A08", DIED_PID)
+    report = await services.ingestor.run("acute", AcuteAdapter().read(io.BytesIO(data)), "two.hl7")
+    assert (report.records, report.accepted, dict(report.quarantined)) == (
+        2,
+        1,
+        {"shared-patient-invalid": 1},
+    )
+    assert (await shared_patient(services, OTHER_NHS))["name"][0]["family"] == "Beta"
+    assert await shared_patient(services, NHS) == {}  # nothing of the held record is stored
+    async with services.engine.connect() as conn:
+        (held,) = await quarantine.listing(conn)
+        kept = (await conn.execute(select(contributions.c.local_id, contributions.c.nhs_number))).all()
+    assert (held.location, held.reason, held.local_id) == ("message 2", "shared-patient-invalid", "H1")
+    assert held.detail == (
+        "the shared Patient merged with this record's demographics is not valid (code-not-in-value-set: "
+        "Patient.gender: code not in the required value set); nothing of the record is stored"
+    )
+    assert sorted(tuple(r) for r in kept) == [("G-OLD", NHS), ("H1", OTHER_NHS)]
+    # A later batch naming the person: held back again, and the rest of it stored.
+    third = f"PID|1||H3^^^R9Z01^MR~{THIRD_NHS}^^^NHS^NH||Gamma^Cy||19800101|F"
+    again = await services.ingestor.run(
+        "acute", AcuteAdapter().read(io.BytesIO(adt("A08", DIED_PID) + adt("A08", third))), "again.hl7"
+    )
+    assert (again.accepted, dict(again.quarantined)) == (1, {"shared-patient-invalid": 1})
+    assert (await shared_patient(services, THIRD_NHS))["name"][0]["family"] == "Gamma"

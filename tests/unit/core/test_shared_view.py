@@ -7,9 +7,18 @@ import itertools
 from typing import Any
 
 import pytest
+from fhir.resources.R4B import get_fhir_model_class
 
-from mappings.shared_view import PRECEDENCE, Conflict, Contribution, conflicts, merge, recorded_instant
-from mappings.validate import UKCORE_PATIENT
+from mappings.shared_view import (
+    CHOICE_ELEMENTS,
+    PRECEDENCE,
+    Conflict,
+    Contribution,
+    conflicts,
+    merge,
+    recorded_instant,
+)
+from mappings.validate import UKCORE_PATIENT, validate
 
 
 def body(**elements: Any) -> dict[str, Any]:
@@ -218,3 +227,73 @@ def test_a_source_disagreeing_with_itself_is_a_conflict_too() -> None:
         Contribution("acute", "H2", body(birthDate="1950-01-03")),
     ]
     assert conflicts(given) == [Conflict("birthDate", ("acute",), 2)]
+
+
+# Choice elements ----------------------------------------------------------------------------------
+
+DIED = "2026-03-01T10:15:00+00:00"
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_a_choice_element_is_one_element_whatever_form_each_source_sends(order: int) -> None:
+    """The acute trust's time of death and a pushed ``deceasedBoolean: false``: one survives."""
+    given = [
+        Contribution("acute", "H1", body(deceasedDateTime=DIED)),
+        Contribution("fhir", "F1", body(deceasedBoolean=False)),
+    ]
+    patient, found = merge("p", given if order == 0 else given[::-1])
+    assert patient["deceasedDateTime"] == DIED
+    assert "deceasedBoolean" not in patient
+    assert found == [Conflict("deceased[x]", ("acute", "fhir"), 2)]
+    validate(patient)
+
+
+def test_the_newest_form_wins_within_a_source() -> None:
+    older = Contribution("acute", "H1", body(deceasedBoolean=True), recorded="2026-01-01T00:00:00Z")
+    newer = Contribution("acute", "H2", body(deceasedDateTime=DIED), recorded="2026-03-01T11:00:00Z")
+    patient, found = merge("p", [older, newer])
+    assert (patient.get("deceasedDateTime"), patient.get("deceasedBoolean")) == (DIED, None)
+    assert found == [Conflict("deceased[x]", ("acute",), 2)]
+
+
+def test_multiple_birth_forms_merge_as_one_element() -> None:
+    given = [
+        Contribution("community", "K1", body(multipleBirthInteger=2)),
+        Contribution("gp", "G1", body(multipleBirthBoolean=True)),
+        Contribution("fhir", "F1", body(multipleBirthInteger=2)),
+    ]
+    patient, found = merge("p", given)
+    assert {k: v for k, v in patient.items() if k.startswith("multipleBirth")} == {
+        "multipleBirthBoolean": True
+    }
+    assert found == [Conflict("multipleBirth[x]", ("community", "fhir", "gp"), 2)]
+
+
+def test_one_form_from_every_source_is_no_conflict_however_the_values_differ() -> None:
+    given = [
+        Contribution("gp", "G1", body(deceasedBoolean=False)),
+        Contribution("acute", "H1", body(deceasedBoolean=True)),
+    ]
+    patient, found = merge("p", given)
+    assert patient["deceasedBoolean"] is False  # the GP's, by precedence, as for any element
+    assert found == []
+
+
+def test_a_choice_conflict_carries_no_values() -> None:
+    given = [
+        Contribution("acute", "H1", body(deceasedDateTime=DIED)),
+        Contribution("social-care", "C1", body(deceasedBoolean=True)),
+    ]
+    (conflict,) = conflicts(given)
+    assert "2026" not in repr(conflict) and "True" not in repr(conflict)
+
+
+def test_the_choice_elements_are_those_fhir_r4_defines_on_patient() -> None:
+    """Every choice element the merge can meet: Patient's top-level ones (a CarePlan is never merged)."""
+    model = get_fhir_model_class("Patient")
+    defined = {
+        name: f"{extra['one_of_many']}[x]"
+        for name, info in model.model_fields.items()
+        if isinstance(extra := info.json_schema_extra, dict) and extra.get("one_of_many")
+    }
+    assert defined == CHOICE_ELEMENTS
