@@ -21,6 +21,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
+from gateway.api import oauth
 from gateway.api.errors import answer_for
 from gateway.api.metrics import install_metrics, metrics_of
 from gateway.api.middleware import front, install_middleware, internal_error
@@ -28,6 +29,7 @@ from gateway.api.openapi import install as install_openapi
 from gateway.api.outcome import FHIR_JSON, ApiError, outcome_bytes
 from gateway.api.ratelimit import build_limiter
 from gateway.api.routes.fhir_read import ReadApi
+from gateway.api.routes.token import error_response
 from gateway.api.tokens import AccessTokens
 from gateway.audit.batcher import BatchedAppender
 from gateway.audit.log import sign_periodically
@@ -132,11 +134,14 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         return Response(outcome_bytes("invalid", f"invalid request: {where}"), 400, media_type=FHIR_JSON)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        headers = _with_head(exc.headers)
+        if oauth.answers_in_oauth(request.scope["path"]):  # a 405 at /token: an OAuth error, not FHIR
+            detail = "the token endpoint takes POST only" if exc.status_code == 405 else str(exc.detail)
+            return error_response(exc.status_code, "invalid_request", detail, dict(headers or {}))
         code = {404: "not-found", 405: "not-supported", 401: "login", 403: "forbidden"}.get(
             exc.status_code, "processing"
         )
-        headers = _with_head(exc.headers)
         return Response(outcome_bytes(code, str(exc.detail)), exc.status_code, headers, media_type=FHIR_JSON)
 
     from gateway.api.routes import mount

@@ -3,20 +3,24 @@
 Exceptions::
 
     Rejected(error, description)   the OAuth error (RFC 6749 §5.2) the token endpoint answers with
+                                   (``gateway.api.oauth``)
     JwksError                      a JWK Set that cannot be registered (``parse_jwks``)
 
-Checks, in the order the endpoint runs them (``read`` → ``claimed_client`` → [store: the client]
-→ ``verify`` → ``check_claims`` → [replay store: the jti] → ``grant_scopes``):
+Checks, in the order the endpoint runs them (``read`` → ``claimed_client`` → [store: the client;
+its keys, ``gateway.api.client_keys``] → ``verify`` → ``check_claims`` → [replay store: the jti]
+→ ``scopes.grant``):
 
 - the assertion is a compact JWS whose header ``alg`` is RS384, ES384 or RS512 (``none``, HS*,
   RS256 and everything else are refused before any key is looked at); ``crit`` and ``b64`` are
-  refused; ``jku``, ``x5u``, ``jwk`` and ``x5c`` are ignored: keys come only from the registered set;
+  refused, and so are ``jku``, ``x5u``, ``jwk`` and ``x5c``: keys come only from the registration,
+  never from the assertion (SMART: a ``jku`` not registered fails verification);
 - ``kid`` names a key of the client's registered JWK Set, of the type ``alg`` needs (RSA for RS*,
   EC P-384 for ES384), and the signature verifies with it (PyJWT, the one algorithm allowed);
 - ``iss`` == ``sub`` == the client id; ``aud`` is exactly the token URL (or a list holding it);
 - ``exp`` is after now (no leeway) and at most ``MAX_LIFETIME`` + ``SKEW`` seconds ahead; ``nbf``
   and ``iat``, if present, at most ``SKEW`` seconds ahead (a client clock running fast);
-- ``jti`` is a non-empty string of at most 255 characters (its one use is the replay store's).
+- ``jti`` is a non-empty string of at most 255 characters, none a control character (its one use
+  is the replay store's, which could not hold a NUL).
 
 Every failure of the assertion itself is ``invalid_client`` (RFC 7521 §4.2.1). Descriptions are
 fixed text: never the assertion or anything read from it.
@@ -28,7 +32,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, TypeGuard
@@ -40,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.utils import base64url_decode, base64url_encode
 
-from gateway.api.principal import scope_covers
+from gateway.api.oauth import Rejected
 
 ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ALGORITHMS: Final = ("RS384", "ES384", "RS512")
@@ -51,22 +55,16 @@ SKEW: Final = 60
 MAX_ASSERTION_CHARS: Final = 16_384
 MAX_JTI_CHARS: Final = 255
 MIN_RSA_BITS: Final = 2048
-MAX_SCOPES: Final = 64
 
 _COMPACT = re.compile(r"[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+#: C0 and C1 control characters, DEL included: never in a client id or a jti.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: Header members that name a key: concord takes keys from the registration only.
+_KEY_HEADERS: Final = ("jku", "x5u", "jwk", "x5c")
 _PRIVATE_MEMBERS: Final = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 _THUMBPRINT_MEMBERS: Final = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y")}
 _CURVES: Final = ("P-256", "P-384")
 _JWS = jwt.PyJWS()
-
-
-class Rejected(Exception):
-    """A token request refused: ``error`` is the RFC 6749 code, ``description`` safe to return and log."""
-
-    def __init__(self, error: str, description: str) -> None:
-        super().__init__(f"{error}: {description}")
-        self.error = error
-        self.description = description
 
 
 class JwksError(ValueError):
@@ -184,6 +182,12 @@ def read(token: str) -> Unverified:
         raise Rejected("invalid_client", f"the assertion's alg must be one of {', '.join(ALGORITHMS)}")
     if "crit" in header or "b64" in header:
         raise Rejected("invalid_client", "the assertion's header uses an extension this server refuses")
+    if any(name in header for name in _KEY_HEADERS):
+        raise Rejected(
+            "invalid_client",
+            "the assertion's header names a key (jku, x5u, jwk or x5c): keys come only from the "
+            "client's registration; name the registered key by kid alone",
+        )
     return Unverified(header, claims)
 
 
@@ -205,7 +209,7 @@ def _object(payload: bytes) -> dict[str, Any] | None:
 def claimed_client(assertion: Unverified) -> str:
     """The client id the assertion claims to come from (``iss``, which must equal ``sub``)."""
     iss, sub = assertion.claims.get("iss"), assertion.claims.get("sub")
-    if not isinstance(iss, str) or not iss or iss != sub or len(iss) > 64:
+    if not isinstance(iss, str) or not iss or iss != sub or len(iss) > 64 or _CONTROL.search(iss):
         raise Rejected("invalid_client", "iss and sub must both be the registered client_id")
     return iss
 
@@ -260,28 +264,13 @@ def check_claims(claims: Mapping[str, Any], *, client_id: str, audience: str, no
             if value > now + SKEW:
                 raise Rejected("invalid_client", f"{name} is in the future")
     jti = claims.get("jti")
-    if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_CHARS:
-        raise Rejected("invalid_client", f"jti is required (a string of at most {MAX_JTI_CHARS} characters)")
+    if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_CHARS or _CONTROL.search(jti):
+        raise Rejected(
+            "invalid_client",
+            f"jti is required (a string of at most {MAX_JTI_CHARS} characters, no control characters)",
+        )
     return Checked(client_id, jti, float(exp))
 
 
 def _is_time(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def grant_scopes(requested: str | None, registered: Iterable[str]) -> tuple[str, ...]:
-    """The requested scopes the registered ones cover, as requested, in order; ``invalid_scope`` if none.
-
-    A requested scope no registered one covers is dropped (the response's ``scope`` says what was
-    granted); a registered wildcard (``system/*.read``) grants the specific scope asked for.
-    """
-    wanted = list(dict.fromkeys((requested or "").split()))
-    if not wanted:
-        raise Rejected("invalid_scope", "scope is required (space-separated SMART system scopes)")
-    if len(wanted) > MAX_SCOPES or any(len(s) > 128 for s in wanted):
-        raise Rejected("invalid_scope", "too many or too long scopes")
-    held = tuple(registered)
-    granted = tuple(s for s in wanted if any(scope_covers(g, s) for g in held))
-    if not granted:
-        raise Rejected("invalid_scope", "none of the requested scopes is registered for this client")
-    return granted

@@ -10,13 +10,13 @@ reads and an HMAC check.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Annotated
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Annotated, Final
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from gateway.api.outcome import Unauthorized, insufficient_scope
+from gateway.api.outcome import BadRequest, Unauthorized, insufficient_scope
 from gateway.api.principal import Principal
 from gateway.api.ratelimit import RateLimiter
 from gateway.api.tokens import AccessTokens
@@ -42,10 +42,15 @@ async def get_request_id(request: Request) -> str:
 bearer = HTTPBearer(auto_error=False, description="An access token from POST /token")
 
 
+#: The query parameter RFC 6750 §2.3 allows a token in. concord does not read it there.
+QUERY_TOKEN: Final = "access_token"  # noqa: S105 - a parameter name, not a secret
+
+
 async def get_principal(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
 ) -> Principal:
     token = credentials.credentials if credentials is not None else ""
+    token = one_token(token, request.query_params.keys())
     principal = await authenticate(token, get_tokens(request), getattr(request.app.state, "limiter", None))
     request.state.principal = principal
     return principal
@@ -55,6 +60,21 @@ def bearer_token(authorization: str | None) -> str:
     """The token of an ``Authorization: Bearer ...`` header ("" for none or another scheme)."""
     scheme, _, token = (authorization or "").partition(" ")
     return token if scheme.lower() == "bearer" else ""
+
+
+def one_token(header_token: str, query_names: Iterable[str]) -> str:
+    """``header_token``, unless the query names an ``access_token`` too: 400 ``invalid_request``
+    (RFC 6750 §3.1: a request may carry its token one way only). A token in the query alone is
+    not read (the caller then has none: 401)."""
+    if header_token.strip() and QUERY_TOKEN in query_names:
+        description = "send the access token in the Authorization header only, not also as access_token"
+        raise BadRequest(
+            description,
+            headers={
+                "WWW-Authenticate": f'Bearer error="invalid_request", error_description="{description}"'
+            },
+        )
+    return header_token
 
 
 async def authenticate(token: str, tokens: AccessTokens, limiter: RateLimiter | None) -> Principal:

@@ -6,7 +6,8 @@ two more middleware layers, several times the cost of the search itself (measure
 ``HotPath`` sits inside ``RequestMiddleware`` (request id, access log, metrics) and answers these
 two itself, running exactly what their routes run:
 
-1. the bearer token (``deps.authenticate``: 401, then the client's rate limit: 429);
+1. the bearer token (``deps.one_token``: 400 when the query carries one too; ``deps.authenticate``:
+   401, then the client's rate limit: 429);
 2. the search's scopes (``deps.check_scopes``: 403);
 3. ``fhir_read.patient_search`` / ``careplan_search``: parse, decide, load, log, join bytes;
 4. errors through ``errors.answer_for``, the mapping the app's exception handlers use;
@@ -31,7 +32,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api.deps import authenticate, bearer_token, check_scopes
+from gateway.api.deps import authenticate, bearer_token, check_scopes, one_token
 from gateway.api.errors import answer_for
 from gateway.api.metrics import Metrics
 from gateway.api.middleware import GZIP_MIN_BYTES, accepts_gzip
@@ -100,12 +101,11 @@ class HotPath:
         state = scope["app"].state
         extra: dict[str, str] = {}
         try:
-            principal = await authenticate(
-                bearer_token(headers.get("authorization")), state.tokens, getattr(state, "limiter", None)
-            )
+            pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+            token = one_token(bearer_token(headers.get("authorization")), (name for name, _ in pairs))
+            principal = await authenticate(token, state.tokens, getattr(state, "limiter", None))
             scope["state"]["principal"] = principal  # the access log's client id
             check_scopes(principal, scopes)
-            pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
             call = Call(principal, scope["state"]["request_id"], pairs, headers)
             status, body = 200, await search(Context(api, call))
         except Exception as exc:

@@ -9,9 +9,10 @@ Outermost first (``front`` places the first two, ``install_middleware`` the rest
    request to the ``concord.access`` logger and counts the request in the metrics.
    Neither ever holds a query string (they carry NHS numbers): the route is the
    matched template, or, for an unmatched request, its path with digit runs
-   redacted. ``HEAD`` is answered here for every ``GET`` route (RFC 9110 §9.3.2): the
-   layers inside see a ``GET``, the caller gets its status and headers (``Content-Length``
-   included) without the body; the log and metrics name ``HEAD``.
+   redacted whatever separates them (``gateway.redact.path``). ``HEAD`` is answered
+   here for every ``GET`` route (RFC 9110 §9.3.2): the layers inside see a ``GET``,
+   the caller gets its status and headers (``Content-Length`` included) without the
+   body; the log and metrics name ``HEAD``.
 2. ``gateway.api.hot_path.HotPath``: the two searches providers make all day,
    answered without FastAPI (bodiless GETs only, so the body limit has nothing to do).
 
@@ -27,6 +28,7 @@ Outermost first (``front`` places the first two, ``install_middleware`` the rest
    the same cap on the inflated size, so a zip bomb costs at most the limit. The
    application never holds more than the limit; what a refused caller still sends
    is discarded (up to a bound, see ``drain``) so that it can read the answer.
+   Its refusals are OperationOutcomes, but at ``/token`` OAuth errors (``gateway.api.oauth``).
 4. ``GZip`` (Starlette's ``GZipMiddleware``): responses of 1000 bytes or more, to callers
    that accept gzip (``accepts_gzip``: not ``gzip;q=0``).
 """
@@ -49,6 +51,8 @@ from starlette.datastructures import Headers
 from starlette.middleware.gzip import GZipMiddleware, IdentityResponder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import redact
+from gateway.api import oauth
 from gateway.api.access_log import access_log, log_access
 from gateway.api.metrics import Metrics, metrics_of, route_template
 from gateway.api.outcome import FHIR_JSON, outcome_bytes
@@ -57,8 +61,6 @@ from gateway.settings import Settings
 log = logging.getLogger(__name__)
 
 _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
-# Six or more digits, possibly spaced or dashed: an NHS number (or any long id) in an unmatched path.
-_DIGITS: Final = re.compile(r"\d(?:(?:%20|[\s.\-])*\d){5,}")
 GZIP_MIN_BYTES: Final = 1000
 GZIP_WBITS: Final = 16 + zlib.MAX_WBITS
 #: A refused body is read and discarded up to max(limit, this) more bytes, for this long at most.
@@ -119,7 +121,7 @@ def loggable_route(scope: Scope) -> str:
     template = route_template(scope)
     if template is not None:
         return template
-    return _DIGITS.sub("[redacted]", str(scope.get("path", "")))[:200]
+    return redact.path(str(scope.get("path", "")))
 
 
 def _client_id(state: object) -> str | None:
@@ -133,9 +135,13 @@ async def send_outcome(send: Send, status: int, code: str, diagnostics: str, clo
     await send_body(send, status, outcome_bytes(code, diagnostics), close)
 
 
-async def send_body(send: Send, status: int, body: bytes, close: bool = False) -> None:
-    """Send a complete response of an OperationOutcome's bytes."""
-    headers = [(b"content-type", FHIR_JSON.encode()), (b"content-length", str(len(body)).encode())]
+async def send_body(
+    send: Send, status: int, body: bytes, close: bool = False, media_type: str = FHIR_JSON
+) -> None:
+    """Send a complete response of ``body`` (an OperationOutcome's bytes unless ``media_type`` says)."""
+    headers = [(b"content-type", media_type.encode()), (b"content-length", str(len(body)).encode())]
+    if media_type == oauth.JSON:
+        headers += [(k.lower().encode(), v.encode()) for k, v in oauth.NO_STORE.items()]
     if close:
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -253,6 +259,14 @@ class _Refused(Exception):
         super().__init__(diagnostics)
         self.status, self.code, self.reason, self.diagnostics = status, code, reason, diagnostics
 
+    async def send(self, send: Send, scope: Scope, close: bool) -> None:
+        """The refusal: an OperationOutcome, or at the token endpoint an OAuth ``invalid_request``."""
+        if oauth.answers_in_oauth(scope["path"]):
+            body = oauth.error_body("invalid_request", self.diagnostics)
+            await send_body(send, self.status, body, close, media_type=oauth.JSON)
+        else:
+            await send_outcome(send, self.status, self.code, self.diagnostics, close)
+
 
 def _too_large(limit: int) -> _Refused:
     return _Refused(413, "too-long", "too-large", f"the request body exceeds {limit} bytes")
@@ -301,9 +315,9 @@ class BodyLimitMiddleware:
         except _Refused as refused:
             self.metrics.rejected.labels(refused.reason).inc()
             drained = self._worth_draining(scope) and await drain(receive, self.drain_budget)
-            await send_outcome(send, refused.status, refused.code, refused.diagnostics, close=not drained)
+            await refused.send(send, scope, close=not drained)
             return
-        body = _LimitedBody(receive, send, self.max_bytes, gzipped, self)
+        body = _LimitedBody(scope, receive, send, self.max_bytes, gzipped, self)
         try:
             await self.app(scope, body.receive, body.send)
         except Exception:
@@ -351,8 +365,15 @@ class _LimitedBody:
     """The ``receive`` the app gets: counts (and inflates) the body; past the limit, answers itself."""
 
     def __init__(
-        self, receive: Receive, send: Send, limit: int, gzipped: bool, owner: BodyLimitMiddleware
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        limit: int,
+        gzipped: bool,
+        owner: BodyLimitMiddleware,
     ) -> None:
+        self.scope = scope
         self._receive = receive
         self._send = send
         self.limit = limit
@@ -413,7 +434,7 @@ class _LimitedBody:
             return
         self.started = self.answered = True
         drained = not more or await drain(self._receive, self.owner.drain_budget)
-        await send_outcome(self._send, refused.status, refused.code, refused.diagnostics, close=not drained)
+        await refused.send(self._send, self.scope, close=not drained)
 
     async def send(self, message: Message) -> None:
         if self.answered:

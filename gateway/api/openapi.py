@@ -58,9 +58,10 @@ def answer(description: str) -> dict[str, Any]:
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: answer(description)
     for status, description in {
-        400: "Invalid request (unknown parameter under Prefer: handling=strict, bad value)",
+        400: "Invalid request (unknown parameter under Prefer: handling=strict, bad value; an access "
+        "token both in the Authorization header and the query)",
         401: "No valid bearer access token (WWW-Authenticate: Bearer; error=invalid_token for one sent)",
-        403: "The token lacks the scope (WWW-Authenticate: Bearer error=insufficient_scope) or the role",
+        403: "The token lacks the scope or the role (WWW-Authenticate: Bearer error=insufficient_scope)",
         404: "Not found, or not disclosed to this caller (the same answer)",
         406: "Only JSON is served",
         429: "The client's rate limit is spent (Retry-After)",
@@ -110,10 +111,17 @@ TOKEN_RESPONSES: dict[int | str, dict[str, Any]] = {
         },
     },
     400: {
-        "description": "Refused: invalid_request, invalid_client, invalid_grant, invalid_scope, "
-        "unsupported_grant_type (RFC 6749 section 5.2)",
+        "description": "Refused: invalid_request, invalid_client, invalid_scope, unsupported_grant_type "
+        "(RFC 6749 section 5.2)",
         **_OAUTH_ERROR,
     },
+    401: {
+        "description": "invalid_client: the client tried the Authorization header (HTTP Basic, ...), "
+        "which this endpoint does not accept (WWW-Authenticate names the scheme)",
+        **_OAUTH_ERROR,
+    },
+    413: {"description": "invalid_request: the body is over the configured limit", **_OAUTH_ERROR},
+    415: {"description": "invalid_request: a Content-Encoding other than gzip", **_OAUTH_ERROR},
     503: {"description": "temporarily_unavailable: the replay store cannot be reached", **_OAUTH_ERROR},
 }
 TOKEN_REQUEST: dict[str, Any] = {
@@ -135,6 +143,10 @@ TOKEN_REQUEST: dict[str, Any] = {
                             "description": "A signed JWT (RS384, ES384, RS512)",
                         },
                         "scope": {"type": "string"},
+                        "client_id": {
+                            "type": "string",
+                            "description": "Optional; if sent, the assertion's iss",
+                        },
                     },
                 }
             }

@@ -60,6 +60,12 @@ def insufficient_scope(*scopes: str, diagnostics: str | None = None) -> Forbidde
     return Forbidden(diagnostics or f"scope {scopes[0]} is required", headers={"WWW-Authenticate": challenge})
 
 
+def role_refused(diagnostics: str) -> Forbidden:
+    """403 for a caller whose role (or source) may not use the route: RFC 6750's insufficient_scope
+    challenge, naming no scope, since none would open the route to this client."""
+    return Forbidden(diagnostics, headers={"WWW-Authenticate": 'Bearer error="insufficient_scope"'})
+
+
 class Conflict(ApiError):
     status = 409
     code = "conflict"

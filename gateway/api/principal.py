@@ -1,7 +1,8 @@
 """Who is calling: the client organisation behind an access token, its role and its scopes. Pure.
 
-Scopes follow SMART v1 system scopes (``system/Patient.read``, ``system/*.write``,
-``system/Consent.*``); a granted wildcard covers the specific scope asked for.
+Scopes are SMART system scopes (``system/Patient.read``, ``system/*.write``, ``system/Consent.*``,
+or in v2 syntax ``system/Patient.rs``): a granted wildcard covers the specific scope asked for
+(``gateway.api.scopes``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from consent.model import Requester, RequesterKind
+from gateway.api.scopes import covers
 
 
 class Role(StrEnum):
@@ -27,21 +29,6 @@ REQUESTER_KIND = {
 }
 
 
-def scope_covers(granted: str, wanted: str) -> bool:
-    """Whether one granted scope covers a wanted one: ``system/*.read`` covers ``system/Patient.read``."""
-    if granted == wanted:
-        return True
-    g_ctx, _, g_rest = granted.partition("/")
-    w_ctx, _, w_rest = wanted.partition("/")
-    g_type, _, g_access = g_rest.partition(".")
-    w_type, _, w_access = w_rest.partition(".")
-    return (
-        g_ctx == w_ctx
-        and g_type in ("*", w_type)
-        and (g_access in ("*", w_access) or (g_access == "write" and w_access == "write"))
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class Principal:
     client_id: str
@@ -53,7 +40,7 @@ class Principal:
     source: str | None = None
 
     def allows(self, scope: str) -> bool:
-        return any(scope_covers(g, scope) for g in self.scopes)
+        return any(covers(g, scope) for g in self.scopes)
 
     @property
     def requester(self) -> Requester:

@@ -1,9 +1,13 @@
-"""``concord clients add|list|disable`` and ``concord token``: API client organisations and their tokens.
+"""``concord clients add|list|set-keys|disable`` and ``concord token``: API client organisations and
+their tokens.
 
-A client registers its public JWK Set (``--jwks FILE``) or, for development, has concord make it a
-key (``--generate-key PATH``: EC P-384, private key written to PATH, 0600). ``concord token`` mints
-an access token directly, without a client assertion: on the embedded default only (anyone who can
-read its data dir holds the token secret anyway); everywhere else clients use ``POST /token``.
+A client registers its public JWK Set (``--jwks FILE``), the URL it publishes the set at
+(``--jwks-url URL``, fetched by ``POST /token`` when needed: ``gateway.api.client_keys``) or, for
+development, has concord make it a key (``--generate-key PATH``: EC P-384, private key written to
+PATH, 0600). ``set-keys`` replaces a client's keys the same three ways, keeping its client_id: a
+key roll-over. ``concord token`` mints an access token directly, without a client assertion: on the
+embedded default only (anyone who can read its data dir holds the token secret anyway); everywhere
+else clients use ``POST /token``.
 """
 
 from __future__ import annotations
@@ -12,8 +16,11 @@ import contextlib
 import os
 import re
 import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import click
 import orjson
@@ -21,8 +28,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from adapters.records import SOURCES
-from gateway.api import assertion
-from gateway.api.principal import Role, scope_covers
+from gateway.api import assertion, client_keys
+from gateway.api.principal import Role
+from gateway.api.scopes import MAX_SCOPE_CHARS, covers, parse
 from gateway.api.tokens import AccessTokens
 from gateway.bootstrap import Services
 from gateway.cli.common import err, run, write_json
@@ -30,18 +38,23 @@ from gateway.settings import Settings
 from gateway.store import clients as registry
 from gateway.store.clients import ApiClient, ClientError
 
-SCOPE = re.compile(r"system/(\*|[A-Z][A-Za-z]{1,63})\.(read|write|\*)")
 ODS = re.compile(r"[A-Z0-9]{3,20}")
+KEY_SOURCES = "give exactly one of --jwks FILE, --jwks-url URL and --generate-key PATH"
+F = TypeVar("F", bound=Callable[..., None])
 
 
 @click.group()
 def clients() -> None:
-    """Client organisations allowed to call the API (SMART Backend Services)."""
+    """Client organisations allowed to call the API (SMART Backend Services).
+
+    Each registers public keys (a JWK Set file or a JWK Set URL) and gets tokens at POST /token
+    with assertions signed by its private key (docs/api-auth.md).
+    """
 
 
 def _scopes(value: str) -> list[str]:
     scopes = list(dict.fromkeys(value.split()))
-    bad = [s for s in scopes if not SCOPE.fullmatch(s)]
+    bad = [s for s in scopes if len(s) > MAX_SCOPE_CHARS or parse(s) is None]
     if not scopes or bad:
         raise click.BadParameter(
             f"not a SMART system scope: {bad[0]!r}" if bad else "give at least one scope",
@@ -50,41 +63,50 @@ def _scopes(value: str) -> list[str]:
     return scopes
 
 
-@clients.command()
-@click.option("--name", required=True, help="A unique name for the client (used by list, disable, token).")
-@click.option("--ods-code", required=True, help="ODS code of the organisation the client acts for.")
-@click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
-@click.option(
-    "--scopes", "scopes_text", required=True, help='e.g. "system/Patient.read system/CarePlan.read"'
-)
-@click.option("--source", type=click.Choice(SOURCES), help="Role source only: whose records it may write.")
-@click.option("--jwks", "jwks_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--generate-key",
-    "key_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Development: make an EC P-384 key, write its private key here (PEM, 0600), register it.",
-)
-def add(
-    name: str,
-    ods_code: str,
-    role: str,
-    scopes_text: str,
-    source: str | None,
-    jwks_file: Path | None,
-    key_file: Path | None,
-) -> None:
-    """Register a client with its public JWK Set; prints the new client_id (the assertions' iss/sub)."""
-    if (jwks_file is None) == (key_file is None):
-        raise click.UsageError("give exactly one of --jwks FILE and --generate-key PATH")
-    if not 0 < len(name) <= 128:
-        raise click.BadParameter("1 to 128 characters", param_hint="--name")
-    ods = ods_code.strip().upper()
-    if not ODS.fullmatch(ods):
-        raise click.BadParameter("letters and digits, 3 to 20 of them", param_hint="--ods-code")
-    if (role == Role.SOURCE.value) != (source is not None):
-        raise click.UsageError("--source is required for role source, and only for it")
-    scopes = _scopes(scopes_text)
+def key_options(command: F) -> F:
+    """The three ways to give a client's keys (exactly one), shared by ``add`` and ``set-keys``."""
+    options = (
+        click.option(
+            "--jwks",
+            "jwks_file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="The client's public JWK Set (a JSON file).",
+        ),
+        click.option(
+            "--jwks-url",
+            metavar="URL",
+            help="The https URL the client publishes its JWK Set at (POST /token fetches it when needed).",
+        ),
+        click.option(
+            "--generate-key",
+            "key_file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Development: make an EC P-384 key, write its private key here (PEM, 0600), register it.",
+        ),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRegistration:
+    #: What the registry keeps: a JWK Set, or a JWK Set URL (``client_keys.url_registration``).
+    jwks: str
+    #: The registered keys' ids (none for a URL: its keys are fetched when needed).
+    kids: tuple[str, ...]
+    #: The private key written, with ``--generate-key``: removed if the registration fails.
+    key_file: Path | None
+
+
+def key_registration(jwks_file: Path | None, jwks_url: str | None, key_file: Path | None) -> KeyRegistration:
+    """The keys given by exactly one option, checked as ``POST /token`` will check them."""
+    _one_key_source(jwks_file, jwks_url, key_file)
+    if jwks_url is not None:
+        try:
+            return KeyRegistration(client_keys.url_registration(jwks_url), (), None)
+        except assertion.JwksError as exc:
+            raise click.BadParameter(str(exc), param_hint="--jwks-url") from None
     if key_file is not None:
         jwks = generate_key(key_file)
     else:
@@ -97,29 +119,25 @@ def add(
     for key in keys.values():
         if not any(key.signs(alg) for alg in assertion.ALGORITHMS):
             click.echo(f"warning: key {key.kid!r} cannot sign RS384, ES384 or RS512 assertions", err=True)
+    return KeyRegistration(jwks, tuple(keys), key_file)
 
-    async def body(services: Services) -> ApiClient:
-        async with services.engine.begin() as conn:
-            return await registry.add(
-                conn,
-                name=name,
-                ods_code=ods,
-                role=Role(role),
-                scopes=scopes,
-                source=source,
-                jwks=jwks,
-                when=datetime.now(UTC),
-            )
 
+def _one_key_source(*options: object) -> None:
+    if sum(option is not None for option in options) != 1:
+        raise click.UsageError(KEY_SOURCES)
+
+
+def _registered(keys: KeyRegistration, change: Callable[[Services], Awaitable[ApiClient]]) -> ApiClient:
+    """Run ``change`` (a registry write); a generated private key goes if it fails."""
     try:
-        client = run(body)
+        client = run(change)
     except ClientError as exc:
-        if key_file is not None:
-            key_file.unlink(missing_ok=True)
+        if keys.key_file is not None:
+            keys.key_file.unlink(missing_ok=True)
         raise click.ClickException(str(exc)) from None
-    if key_file is not None:
-        click.echo(f"private key written to {key_file} (kid {next(iter(keys))})", err=True)
-    click.echo(client.client_id)
+    if keys.key_file is not None:
+        click.echo(f"private key written to {keys.key_file} (kid {keys.kids[0]})", err=True)
+    return client
 
 
 def generate_key(path: Path) -> str:
@@ -136,6 +154,79 @@ def generate_key(path: Path) -> str:
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
     return orjson.dumps({"keys": [assertion.public_jwk(key.public_key(), "ES384")]}).decode()
+
+
+@clients.command()
+@click.option(
+    "--name", required=True, help="A unique name for the client (used by list, set-keys, disable, token)."
+)
+@click.option("--ods-code", required=True, help="ODS code of the organisation the client acts for.")
+@click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
+@click.option(
+    "--scopes", "scopes_text", required=True, help='e.g. "system/Patient.read system/CarePlan.read"'
+)
+@click.option("--source", type=click.Choice(SOURCES), help="Role source only: whose records it may write.")
+@key_options
+def add(
+    name: str,
+    ods_code: str,
+    role: str,
+    scopes_text: str,
+    source: str | None,
+    jwks_file: Path | None,
+    jwks_url: str | None,
+    key_file: Path | None,
+) -> None:
+    """Register a client with its public keys; prints the new client_id (the assertions' iss/sub)."""
+    _one_key_source(jwks_file, jwks_url, key_file)
+    if not 0 < len(name) <= 128:
+        raise click.BadParameter("1 to 128 characters", param_hint="--name")
+    ods = ods_code.strip().upper()
+    if not ODS.fullmatch(ods):
+        raise click.BadParameter("letters and digits, 3 to 20 of them", param_hint="--ods-code")
+    if (role == Role.SOURCE.value) != (source is not None):
+        raise click.UsageError("--source is required for role source, and only for it")
+    scopes = _scopes(scopes_text)
+    keys = key_registration(jwks_file, jwks_url, key_file)
+
+    async def body(services: Services) -> ApiClient:
+        async with services.engine.begin() as conn:
+            return await registry.add(
+                conn,
+                name=name,
+                ods_code=ods,
+                role=Role(role),
+                scopes=scopes,
+                source=source,
+                jwks=keys.jwks,
+                when=datetime.now(UTC),
+            )
+
+    click.echo(_registered(keys, body).client_id)
+
+
+@clients.command("set-keys")
+@click.option("--name", required=True, help="The client's name (concord clients list).")
+@key_options
+def set_keys(name: str, jwks_file: Path | None, jwks_url: str | None, key_file: Path | None) -> None:
+    """Replace a client's keys, keeping its client_id, scopes and state: a key roll-over.
+
+    The new keys replace the old at once (POST /token reads them on every call). To roll a key
+    without a refused assertion: register a set holding the old and the new key, let the client
+    switch to signing with the new one, then register the set holding the new key alone
+    (docs/api-auth.md, "Rolling a client's keys"). --generate-key replaces them with one new
+    key at once (development); a client registered by --jwks-url rolls its keys by publishing.
+    """
+    keys = key_registration(jwks_file, jwks_url, key_file)
+
+    async def body(services: Services) -> ApiClient:
+        async with services.engine.begin() as conn:
+            return await registry.set_keys(conn, name, keys.jwks)
+
+    client = _registered(keys, body)
+    registered = f"JWK Set URL {jwks_url}" if jwks_url is not None else f"key ids {', '.join(keys.kids)}"
+    state = " (the client is disabled)" if client.disabled else ""
+    click.echo(f"client {name!r}: keys replaced, now {registered}{state}")
 
 
 @clients.command("list")
@@ -163,8 +254,10 @@ def list_(as_json: bool) -> None:
 
 def _summary(c: ApiClient) -> dict[str, object]:
     kids: list[str] = []
-    with contextlib.suppress(assertion.JwksError):
-        kids = list(assertion.parse_jwks(c.jwks))
+    url = client_keys.jwks_url(c.jwks)
+    if url is None:
+        with contextlib.suppress(assertion.JwksError):
+            kids = list(assertion.parse_jwks(c.jwks))
     return {
         "name": c.name,
         "client_id": c.client_id,
@@ -173,6 +266,7 @@ def _summary(c: ApiClient) -> dict[str, object]:
         "source": c.source,
         "scopes": sorted(c.scopes),
         "key_ids": kids,
+        "jwks_url": url,
         "created_at": c.created_at.isoformat(),
         "disabled_at": c.disabled_at.isoformat() if c.disabled_at else None,
     }
@@ -221,7 +315,7 @@ def token(name: str, scopes_text: str | None) -> None:
     scopes = client.scopes
     if scopes_text is not None:
         scopes = frozenset(_scopes(scopes_text))
-        refused = sorted(s for s in scopes if not any(scope_covers(g, s) for g in client.scopes))
+        refused = sorted(s for s in scopes if not any(covers(g, s) for g in client.scopes))
         if refused:
             raise click.ClickException(f"client {name!r} is not registered for {refused[0]}")
     tokens = AccessTokens(

@@ -34,6 +34,7 @@ import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from gateway import redact
 from gateway.hie_stub import transaction, wire
 from gateway.hie_stub.faults import FaultInjector, FaultPlanError, Faults
 from gateway.hie_stub.search import SearchError, parse_query
@@ -270,13 +271,14 @@ def _persisted(data: Path) -> Callable[[web.Application], AsyncIterator[None]]:
 
 
 class AccessLog(AbstractAccessLogger):
-    """One line per request: method, path (no query string: it may hold an NHS number), status, time."""
+    """One line per request: method, path (no query string: it may hold an NHS number; digit runs
+    redacted, as the API's access log does: ``gateway.redact``), status, time."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info(
             "%s %s %s %.3fs request-id=%s",
             request.method,
-            request.path,
+            redact.path(request.path),
             response.status,
             time,
             request.headers.get("X-Request-ID", "-"),

@@ -1,13 +1,15 @@
-"""Registered API clients (SMART Backend Services): add, look up, list, disable.
+"""Registered API clients (SMART Backend Services): add, look up, list, replace keys, disable.
 
 ClientError
  ├── ClientExists     a client of that name is already registered
  └── UnknownClient    no client of that name
 
 A client's row is read on every ``POST /token`` (rare: once per token), so a
-disabled client is refused from the moment ``disable`` commits. Nothing here
-validates a JWK Set: callers pass one that ``gateway.api.assertion.parse_jwks``
-accepted.
+disabled client is refused, and a replaced key set used, from the moment the
+change commits. ``jwks`` holds the client's keys as ``gateway.api.client_keys``
+reads them: a JWK Set, or a JWK Set URL. Nothing here validates either: callers
+pass what ``gateway.api.assertion.parse_jwks`` or
+``gateway.api.client_keys.url_registration`` accepted.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class ApiClient:
     role: Role
     scopes: frozenset[str]
     source: str | None
+    #: A JWK Set, or a JWK Set URL as ``{"jwks_uri": ...}`` (``gateway.api.client_keys``).
     jwks: str
     created_at: datetime
     disabled_at: datetime | None
@@ -124,6 +127,16 @@ async def disable(conn: AsyncConnection, name: str, when: datetime) -> bool:
     if await by_name(conn, name) is None:
         raise UnknownClient(f"no client named {name!r}")
     return False
+
+
+async def set_keys(conn: AsyncConnection, name: str, jwks: str) -> ApiClient:
+    """Replace the keys of the client ``name`` (its client_id, scopes and state stay); ``UnknownClient``
+    if there is none. ``/token`` uses the new keys from the moment the transaction commits."""
+    result = await conn.execute(update(api_clients).where(api_clients.c.name == name).values(jwks=jwks))
+    client = await by_name(conn, name) if result.rowcount else None
+    if client is None:
+        raise UnknownClient(f"no client named {name!r}")
+    return client
 
 
 def _client(m: RowMapping) -> ApiClient:

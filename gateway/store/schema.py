@@ -250,7 +250,8 @@ api_clients = Table(
     Column("scopes", Text, nullable=False),
     #: For role ``source``: the one source whose records it may write (e.g. ``social-care``).
     Column("source", String(20), nullable=True),
-    #: The client's public JWK Set (JSON); private keys are refused at registration.
+    #: The client's public JWK Set (JSON), or its JWK Set URL as ``{"jwks_uri": ...}``
+    #: (``gateway.api.client_keys``); private keys are refused at registration.
     Column("jwks", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("disabled_at", DateTime(timezone=True), nullable=True),

@@ -37,10 +37,10 @@ from gateway.api.outcome import (
     FHIR_JSON,
     ApiError,
     BadRequest,
-    Forbidden,
     NotFound,
     ignored_parameters,
     insufficient_scope,
+    role_refused,
 )
 from gateway.api.principal import Principal, Role
 from gateway.api.routes.fhir_write import UnsupportedMediaType
@@ -77,7 +77,7 @@ def allowed(roles: frozenset[Role], scope: str, what: str) -> Callable[[Principa
     async def check(principal: Caller) -> Principal:  # async: FastAPI runs a plain def in a thread
         if principal.role not in roles:
             names = ", ".join(sorted(r.value for r in roles))
-            raise Forbidden(f"{what} is open to the roles {names} only")
+            raise role_refused(f"{what} is open to the roles {names} only")
         if not principal.allows(scope):
             raise insufficient_scope(scope)
         return principal

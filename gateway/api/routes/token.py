@@ -1,14 +1,18 @@
 """``POST /token`` (SMART Backend Services client credentials) and the SMART configuration document.
 
-OAuth, not FHIR: errors are RFC 6749 §5.2 JSON ``{error, error_description}``, never an
-OperationOutcome. Status 400 for every refusal (SMART; ``invalid_client`` included, as RFC 6749
-permits when the client did not use the Authorization header); 503 ``temporarily_unavailable``
-with Retry-After when the store (client registry or replay store) cannot be reached.
+OAuth, not FHIR: errors are RFC 6749 §5.2 JSON ``{error, error_description}`` (``gateway.api.oauth``),
+never an OperationOutcome. Status 400 for every refusal (SMART; ``invalid_client`` included, as
+RFC 6749 permits when the client did not use the Authorization header), 401 for a client that
+tried the Authorization header; 503 ``temporarily_unavailable`` with Retry-After when the store
+(client registry or replay store) cannot be reached.
 
-The client's row is read on every call (a disabled client is refused at once; /token is called
-once per token, at most every few minutes per client); its JWK Set's parsing is cached per process
-on the set's text (``assertion.parse_jwks``). Logs name the client id and the error code, never
-the assertion.
+The request's own checks are ``token_request``'s, the assertion's ``assertion``'s, the keys
+``client_keys``'s, the scopes ``scopes``'s; this module runs them in order and records the jti as
+soon as the assertion has passed every check of its own, before scopes are looked at: an assertion
+refused for its scopes is used up too. The client's row is read on every call (a disabled client
+is refused at once; /token is called once per token, at most every few minutes per client). Logs
+name the error code and, once the assertion's ``iss`` is known to be a registered client's id,
+that id; never the assertion or the token.
 """
 
 from __future__ import annotations
@@ -16,16 +20,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import parse_qs
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
-from gateway.api import assertion, openapi
-from gateway.api.assertion import Rejected
+from gateway.api import assertion, openapi, scopes
+from gateway.api.client_keys import ClientKeys
+from gateway.api.oauth import JSON, NO_STORE, TOKEN_PATH, Rejected, error_body
 from gateway.api.replay import STORE_ERRORS, ReplayStore, ReplayUnavailable, build_replay_store
+from gateway.api.token_request import TokenRequest, parse_form
 from gateway.api.tokens import AccessTokens
 from gateway.bootstrap import Services
 from gateway.settings import Settings
@@ -35,29 +41,22 @@ log = logging.getLogger(__name__)
 
 FORM: Final = "application/x-www-form-urlencoded"
 MAX_FORM_BYTES: Final = 65_536
-NO_STORE: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-SCOPES_SUPPORTED: Final = (
-    "system/*.read",
-    "system/*.write",
-    "system/Patient.read",
-    "system/Patient.write",
-    "system/CarePlan.read",
-    "system/CarePlan.write",
-    "system/Consent.read",
-    "system/Consent.write",
-    "system/AuditEvent.read",
-)
+#: SMART capabilities: Backend Services' client authentication, and both scope syntaxes.
+CAPABILITIES: Final = ("client-confidential-asymmetric", "permission-v1", "permission-v2")
 
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Runs inside the app's own lifespan (services are up): the replay store lives as long as the app."""
+    """Runs inside the app's own lifespan (services are up): the replay store and the client keys
+    (with their HTTP session) live as long as the app."""
     services: Services = app.state.services
     store = build_replay_store(_settings(app), services.engine)
     app.state.replay = store
+    app.state.client_keys = keys = ClientKeys()
     try:
         yield
     finally:
+        await keys.close()
         await store.close()
 
 
@@ -72,60 +71,67 @@ def _settings(app: FastAPI) -> Settings:
 
 def token_url(settings: Settings) -> str:
     """The token endpoint's URL: the ``aud`` every client assertion must carry, exactly."""
-    return settings.public_url.rstrip("/") + "/token"
+    return settings.public_url.rstrip("/") + TOKEN_PATH
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What the log may say about a request: the client, once ``iss`` is known to be registered."""
+
+    client_id: str | None = None
 
 
 @router.post(
-    "/token",
+    TOKEN_PATH,
     summary="Access token (SMART Backend Services)",
     responses=openapi.TOKEN_RESPONSES,
     openapi_extra=openapi.TOKEN_REQUEST,
 )
-async def token(request: Request) -> JSONResponse:
+async def token(request: Request) -> Response:
+    attempt = _Attempt()
     try:
-        form = await _form(request)
-        body = await _issue(request, form)
+        form = parse_form(await _body(request))
+        asked = TokenRequest.parse(form, request.headers.get("authorization"))
+        body = await _issue(request, asked, attempt)
     except Rejected as exc:
-        log.info("token refused: %s (%s)", exc.error, exc.description)
-        return _error(400, exc.error, exc.description)
+        log.info("token refused: %s (%s), client %s", exc.error, exc.description, attempt.client_id or "-")
+        return error_response(exc.status, exc.error, exc.description, exc.headers)
     except (ReplayUnavailable, *STORE_ERRORS) as exc:
-        log.warning("token refused: store unavailable (%s)", type(exc).__name__)
-        return _error(503, "temporarily_unavailable", "try again shortly, with a new assertion", True)
+        log.warning(
+            "token refused: store unavailable (%s), client %s", type(exc).__name__, attempt.client_id or "-"
+        )
+        return error_response(
+            503, "temporarily_unavailable", "try again shortly, with a new assertion", {"Retry-After": "5"}
+        )
     return JSONResponse(body, headers=NO_STORE)
 
 
-async def _issue(request: Request, form: Mapping[str, str]) -> dict[str, Any]:
-    """Check the request and the assertion (``assertion`` module docstring), record the jti, issue."""
-    if form.get("grant_type") != "client_credentials":
-        if "grant_type" not in form:
-            raise Rejected("invalid_request", "grant_type is required")
-        raise Rejected("unsupported_grant_type", "grant_type must be client_credentials")
-    if form.get("client_assertion_type") != assertion.ASSERTION_TYPE:
-        raise Rejected("invalid_request", f"client_assertion_type must be {assertion.ASSERTION_TYPE}")
-    token = form.get("client_assertion")
-    if not token:
-        raise Rejected("invalid_request", "client_assertion is required")
-    unverified = assertion.read(token)
+async def _issue(request: Request, asked: TokenRequest, attempt: _Attempt) -> dict[str, Any]:
+    """Check the assertion (``assertion`` module docstring), record the jti, grant scopes, issue."""
+    unverified = assertion.read(asked.assertion)
     client_id = assertion.claimed_client(unverified)
     services: Services = request.app.state.services
     async with services.engine.connect() as conn:
         client = await registry.get(conn, client_id)
-    if client is None or client.disabled:
+    if client is None:
         raise Rejected("invalid_client", "the client is not registered or is disabled")
-    try:
-        keys = assertion.parse_jwks(client.jwks)
-    except assertion.JwksError:
-        log.error("client %s: its registered JWK Set no longer parses", client_id)
-        raise Rejected("invalid_client", "the client's registered keys are unusable") from None
-    claims = assertion.verify(token, unverified, keys)
+    attempt.client_id = client_id
+    if asked.client_id is not None and asked.client_id != client_id:
+        # SMART: the client_id sent SHALL match the JWT's iss (RFC 7521 §4.2).
+        raise Rejected("invalid_client", "client_id does not match the assertion's iss")
+    if client.disabled:
+        raise Rejected("invalid_client", "the client is not registered or is disabled")
+    client_keys: ClientKeys = request.app.state.client_keys
+    keys = await client_keys.keys(client_id, client.jwks, unverified.header.get("kid"))
+    claims = assertion.verify(asked.assertion, unverified, keys)
     now = time.time()
     checked = assertion.check_claims(
         claims, client_id=client_id, audience=token_url(_settings(request.app)), now=now
     )
-    granted = assertion.grant_scopes(form.get("scope"), client.scopes)
     replay: ReplayStore = request.app.state.replay
     if not await replay.claim(client_id, checked.jti, checked.expires_at, now):
         raise Rejected("invalid_client", "this assertion's jti has been used already")
+    granted = scopes.grant(asked.scope, client.scopes)
     tokens: AccessTokens = request.app.state.tokens
     principal = client.principal(granted)
     request.state.principal = principal  # authenticated now: the access log names the client
@@ -139,8 +145,8 @@ async def _issue(request: Request, form: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-async def _form(request: Request) -> dict[str, str]:
-    """The form parameters; each at most once (RFC 6749 §3.2)."""
+async def _body(request: Request) -> bytes:
+    """The form-encoded body, at most ``MAX_FORM_BYTES``."""
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != FORM:
         raise Rejected("invalid_request", f"the request body must be {FORM}")
@@ -149,20 +155,14 @@ async def _form(request: Request) -> dict[str, str]:
         raw += chunk
         if len(raw) > MAX_FORM_BYTES:
             raise Rejected("invalid_request", "the request body is too large")
-    try:
-        fields = parse_qs(
-            raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=20
-        )
-    except (UnicodeDecodeError, ValueError):
-        raise Rejected("invalid_request", "the request body is not a well-formed form") from None
-    if any(len(values) > 1 for values in fields.values()):
-        raise Rejected("invalid_request", "a parameter is repeated")
-    return {name: values[0] for name, values in fields.items()}
+    return bytes(raw)
 
 
-def _error(status: int, error: str, description: str, retry: bool = False) -> JSONResponse:
-    headers = {**NO_STORE, **({"Retry-After": "5"} if retry else {})}
-    return JSONResponse({"error": error, "error_description": description}, status, headers)
+def error_response(
+    status: int, error: str, description: str, headers: dict[str, str] | None = None
+) -> Response:
+    """An OAuth error answer, never cached (also the app's answer to a 405 at /token)."""
+    return Response(error_body(error, description), status, {**NO_STORE, **(headers or {})}, media_type=JSON)
 
 
 def smart_configuration(request: Request) -> JSONResponse:
@@ -172,8 +172,8 @@ def smart_configuration(request: Request) -> JSONResponse:
             "token_endpoint_auth_methods_supported": ["private_key_jwt"],
             "token_endpoint_auth_signing_alg_values_supported": list(assertion.ALGORITHMS),
             "grant_types_supported": ["client_credentials"],
-            "scopes_supported": list(SCOPES_SUPPORTED),
-            "capabilities": ["client-confidential-asymmetric"],
+            "scopes_supported": list(scopes.SUPPORTED),
+            "capabilities": list(CAPABILITIES),
         }
     )
 

@@ -275,6 +275,8 @@ async def test_only_the_ig_board_and_admins_read_the_log(
         response = await client.get(path, headers=auth(app, principal))
         assert response.status_code == 403, path
         assert response.json()["issue"][0]["code"] == "forbidden"
+        challenge = response.headers["www-authenticate"]  # RFC 6750 §3, as for a missing scope
+        assert challenge.startswith('Bearer error="insufficient_scope"'), path
 
 
 async def test_verify_reports_an_intact_log_then_names_the_tampered_entry(

@@ -12,37 +12,29 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
 
 import httpx
 import jwt
 import orjson
 import pytest
-from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from reachable import POSTGRES_URL, REDIS_URL, need_service
 from redis.asyncio import Redis
+from smart_clients import AUD, Registered, form, invoke, probe_app, refused, register, serving
 from sqlalchemy import func, select
 
-from gateway.api.app import create_app
-from gateway.api.assertion import ASSERTION_TYPE, public_jwk
-from gateway.api.deps import require
-from gateway.api.principal import Principal, Role
+from gateway.api.assertion import public_jwk
+from gateway.api.principal import Role
 from gateway.api.replay import ReplayUnavailable, SqlReplayStore
 from gateway.bootstrap import Services
-from gateway.cli import cli
 from gateway.settings import Settings
 from gateway.store import clients as registry
 from gateway.store.schema import used_jtis
-
-AUD = "http://127.0.0.1:8080/token"
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
 @pytest.fixture(scope="module")
@@ -50,109 +42,10 @@ def rsa_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-@pytest.fixture(scope="module")
-def ec_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP384R1())
-
-
-@dataclass
-class Registered:
-    client_id: str
-    name: str
-    key: PrivateKey
-    kid: str
-    alg: str
-
-    def assertion(
-        self, *, alg: str | None = None, headers: dict[str, Any] | None = None, **claims: Any
-    ) -> str:
-        """A signed assertion; ``claims`` override the defaults (a value of None drops the claim)."""
-        now = int(time.time())
-        body: dict[str, Any] = {
-            "iss": self.client_id,
-            "sub": self.client_id,
-            "aud": AUD,
-            "exp": now + 240,
-            "iat": now,
-            "jti": uuid.uuid4().hex,
-        }
-        body.update(claims)
-        body = {k: v for k, v in body.items() if v is not None}
-        return jwt.encode(
-            body, self.key, algorithm=alg or self.alg, headers={"kid": self.kid, **(headers or {})}
-        )
-
-
-async def register(
-    services: Services,
-    key: PrivateKey,
-    alg: str,
-    *,
-    name: str | None = None,
-    scopes: tuple[str, ...] = ("system/*.read", "system/Consent.write"),
-) -> Registered:
-    jwk = public_jwk(key.public_key(), alg)
-    name = name or f"client-{uuid.uuid4().hex[:8]}"
-    async with services.engine.begin() as conn:
-        client = await registry.add(
-            conn,
-            name=name,
-            ods_code="RX1",
-            role=Role.PROVIDER,
-            scopes=scopes,
-            source=None,
-            jwks=orjson.dumps({"keys": [jwk]}).decode(),
-            when=datetime.now(UTC),
-        )
-    return Registered(client.client_id, name, key, jwk["kid"], alg)
-
-
-def probe_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
-    app = create_app(settings, services)
-
-    @app.get("/_probe")
-    def probe(principal: Annotated[Principal, Depends(require("system/Patient.read"))]) -> dict[str, str]:
-        return {"client": principal.client_id, "ods": principal.ods_code}
-
-    return app
-
-
 @pytest.fixture
 async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
-    app = probe_app(services=services)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            c.app = app  # type: ignore[attr-defined]
-            yield c
-
-
-@pytest.fixture
-async def provider(services: Services, ec_key: ec.EllipticCurvePrivateKey) -> Registered:
-    return await register(services, ec_key, "ES384")
-
-
-def form(assertion: str | None, **changes: str | None) -> dict[str, str]:
-    data: dict[str, str | None] = {
-        "grant_type": "client_credentials",
-        "client_assertion_type": ASSERTION_TYPE,
-        "client_assertion": assertion,
-        "scope": "system/Patient.read system/CarePlan.read",
-    }
-    data.update(changes)
-    return {k: v for k, v in data.items() if v is not None}
-
-
-async def refused(client: httpx.AsyncClient, data: dict[str, str], error: str, status: int = 400) -> str:
-    response = await client.post("/token", data=data)
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    assert response.headers["cache-control"] == "no-store"
-    body = response.json()
-    assert set(body) == {"error", "error_description"}
-    assert body["error"] == error, body
-    description: str = body["error_description"]
-    return description
+    async with serving(probe_app(services=services)) as c:
+        yield c
 
 
 # --- the happy path ---------------------------------------------------------------------------
@@ -212,15 +105,19 @@ async def test_smart_configuration_is_served_at_both_paths(client: httpx.AsyncCl
         assert config["token_endpoint_auth_methods_supported"] == ["private_key_jwt"]
         assert config["token_endpoint_auth_signing_alg_values_supported"] == ["RS384", "ES384", "RS512"]
         assert config["grant_types_supported"] == ["client_credentials"]
-        assert config["capabilities"] == ["client-confidential-asymmetric"]
+        assert config["capabilities"] == ["client-confidential-asymmetric", "permission-v1", "permission-v2"]
         assert "system/Patient.read" in config["scopes_supported"]
+        assert "system/*.rs" in config["scopes_supported"]
 
 
 # --- the failure catalogue --------------------------------------------------------------------
 
 
-async def test_missing_assertion(client: httpx.AsyncClient) -> None:
-    await refused(client, form(None), "invalid_request")
+async def test_missing_assertion_is_no_client_authentication(client: httpx.AsyncClient) -> None:
+    # RFC 6749 §5.2: "no client authentication included" is invalid_client.
+    assert "client_assertion" in await refused(client, form(None), "invalid_client")
+    data = form(None, client_assertion_type=None)
+    assert "no client authentication" in await refused(client, data, "invalid_client")
 
 
 async def test_malformed_jwt(client: httpx.AsyncClient) -> None:
@@ -504,17 +401,6 @@ async def test_redis_down_falls_back_to_the_store(
 
 
 # --- the command line -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    data_dir = tmp_path / "data"
-    monkeypatch.setenv("CONCORD_DATA_DIR", str(data_dir))
-    yield data_dir
-
-
-def invoke(*args: str) -> Any:
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 def test_cli_registers_a_client_and_mints_a_token_the_app_accepts(cli_env: Path, tmp_path: Path) -> None:

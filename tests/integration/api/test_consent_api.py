@@ -321,6 +321,8 @@ async def test_the_role_and_scope_rules(
         response = await client.get(f"/fhir/Consent?patient.identifier={A}", headers=auth(app, principal))
     assert response.status_code == 403
     assert response.json()["issue"][0]["code"] == "forbidden"
+    # A role refusal carries RFC 6750's challenge as a scope refusal does.
+    assert response.headers["www-authenticate"].startswith('Bearer error="insufficient_scope"')
     assert await services.register.resources(A) == []
     assert await head(services) == 0
 

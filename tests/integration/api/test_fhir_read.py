@@ -632,6 +632,35 @@ async def test_the_hot_path_refuses_as_the_route_does(api: Api) -> None:
     assert routed.status_code == 401 and routed.json() == missing.json()
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/fhir/Patient?identifier={ALICE}",
+        f"/fhir/CarePlan?subject:identifier={ALICE}",
+        "/fhir/Patient/{pid}",
+    ],
+)
+async def test_a_token_in_the_header_and_the_query_is_refused_on_both_paths(api: Api, path: str) -> None:
+    # RFC 6750 §3.1: more than one method of sending the token is invalid_request (400).
+    url = path.format(pid=api.id(ALICE))
+    token, _ = api.app.state.tokens.issue(READER)
+    both = f"{url}{'&' if '?' in url else '?'}access_token={token}"
+    before = await api.log_rows()
+    hot = await api.get(both)
+    routed = await api.client.request(
+        "GET", both, content=b"{}", headers={"Authorization": f"Bearer {token}"}
+    )  # a body: not the hot path's
+    for answer in (hot, routed):
+        outcome(answer, 400, "invalid")
+        assert answer.headers["www-authenticate"].startswith('Bearer error="invalid_request"')
+    assert hot.json() == routed.json()
+    assert await api.log_rows() == before
+    # In the query alone a token is not read: the caller has none.
+    alone = await api.get(both, who=None)
+    outcome(alone, 401, "login")
+    assert (await api.get(url)).status_code == 200
+
+
 async def test_the_hot_path_gzips_as_the_app_does(api: Api) -> None:
     url = f"/fhir/CarePlan?subject:identifier={ALICE}"
     plain = await api.get(url, **{"Accept-Encoding": "identity"})
