@@ -31,7 +31,7 @@ import hl7
 from hl7.exceptions import HL7Exception
 
 from adapters.hl7_framing import Unit, decode, messages, segments, segments_of
-from adapters.records import Item, RecordError, SourceRecord, decode_legacy
+from adapters.records import Item, RecordError, SourceRecord, decode_legacy, ods_code
 
 SOURCE: Final = "acute"
 CHUNK_SIZE: Final = 64 * 1024
@@ -261,7 +261,7 @@ def _fields(msg: _Message, pid: _Segment, event: str) -> dict[str, Any]:
         "hl7_version": msg.get("MSH", 12),
         "sending_application": msg.get("MSH", 3),
         "sending_facility": msg.get("MSH", 4),
-        "source_ods": msg.get("MSH", 4),
+        "source_ods": ods_code(msg.get("MSH", 4)),
         "recorded_at": msg.get("EVN", 2) or msg.get("MSH", 7),
         "event_time": msg.get("EVN", 6),
         **_identifiers(pid, msg.get("MSH", 4)),
@@ -424,7 +424,7 @@ def _registration(pd1: _Segment) -> dict[str, str]:
     """PD1-3: the registered practice (XON, ODS code in XON.10, or XON.3 before v2.5); PD1-4: the GP."""
     practice = _first(pd1, 3)
     return {
-        "registered_practice_ods": _part(practice, 10) or _part(practice, 3),
+        "registered_practice_ods": ods_code(_part(practice, 10) or _part(practice, 3)),
         "registered_gp_code": pd1.get(4),
     }
 
@@ -503,7 +503,7 @@ def _follow_ups(msg: _Message) -> list[dict[str, str]]:
                 "text": _part(value, 2) if coded else _part(value, 1),
                 "code_system": _part(value, 3) if coded else "",
                 "due_date": obx.get(14),
-                "performer_ods": _part(performer, 10) or _part(performer, 3),
+                "performer_ods": ods_code(_part(performer, 10) or _part(performer, 3)),
                 "performer_name": _part(performer, 1),
                 "result_status": obx.get(11),
             }

@@ -27,7 +27,7 @@ from typing import IO, Any, Final
 import orjson
 
 from adapters.json_shape import repeated_name, shape_problem
-from adapters.records import AdapterError, Item, RecordError, SourceRecord, utf16_bom
+from adapters.records import AdapterError, Item, RecordError, SourceRecord, ods_code, utf16_bom
 
 SOURCE: Final = "community"
 _BOM: Final = "\ufeff"
@@ -154,5 +154,24 @@ def _record(text: str, location: str) -> Item:
     for required in ("provider_ods", "plan"):
         if not obj.get(required):
             return RecordError(SOURCE, location, "field-missing", required, f"{required} is required", text)
+    obj = _ods_upper(obj)
     fields = {**obj, "care_plans": [obj["plan"]], "source_ods": obj["provider_ods"]}
     return SourceRecord(SOURCE, location, str(local_id).strip(), fields, text)
+
+
+def _ods_upper(obj: dict[str, Any]) -> dict[str, Any]:
+    """The line with its ODS codes as ODS writes them: the provider's keys its plans' identifiers."""
+    out = {**obj, "provider_ods": ods_code(obj["provider_ods"])}
+    if "registered_gp_ods" in out:
+        out["registered_gp_ods"] = ods_code(out["registered_gp_ods"])
+    plan = out["plan"]
+    team = plan.get("care_team") if isinstance(plan, dict) else None
+    if isinstance(team, list):
+        members = [
+            {**m, "organisation_ods": ods_code(m["organisation_ods"])}
+            if isinstance(m, dict) and "organisation_ods" in m
+            else m
+            for m in team
+        ]
+        out["plan"] = {**plan, "care_team": members}
+    return out

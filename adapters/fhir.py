@@ -1,4 +1,4 @@
-"""FHIR source: one transaction, batch or collection Bundle pushed by any system.
+"""FHIR source: one transaction or batch Bundle pushed by any system (a file may be a collection).
 
 The Bundle is read whole (a pushed Bundle is bounded: the API caps bodies at
 10 MB and so does this adapter), then its entries are grouped per person:
@@ -7,17 +7,19 @@ one SourceRecord. A CarePlan that names its subject only by NHS number (a
 conditional reference or a logical identifier reference) with no Patient entry
 forms a record of its own. See docs/sources/fhir.md.
 
-Entry-level problems are RecordErrors (stable reasons):
+    AdapterError   the Bundle cannot be read as a whole: not JSON, not a Bundle, another type,
+                   a name given twice in an object, two entries with one fullUrl (bdl-7),
+                   ``implicitRules`` on the Bundle
 
-    fhir-invalid-entry            not an object, no resource or no resourceType
-    fhir-delete-not-supported     request.method DELETE
-    fhir-method-not-supported     request.method other than POST and PUT (GET, HEAD, PATCH ...)
-    fhir-url-mismatch             request.url names another type, or (PUT) another id, than the resource
+Entry-level problems are RecordErrors with stable reasons (``adapters.fhir_entries``
+lists them), and so are these:
+
     fhir-unsupported-resource     anything but Patient, CarePlan (and Provenance, ignored)
     fhir-unresolved-reference     a CarePlan whose subject matches no Patient entry, or several
     fhir-nhs-number-conflict      a Patient with two different NHS numbers
+    unknown-code                  an NHS number verification status in a code system UK Core does not bind
 
-Reading the references is the adapter's job (they are Bundle-relative);
+Reading the references is the adapter's job (they are Bundle-relative, ``adapters.fhir_references``);
 everything else is in the mapping specs ``mappings/specs/fhir.*.json``.
 """
 
@@ -28,10 +30,12 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Final
-from urllib.parse import parse_qsl
 
 import orjson
 
+from adapters.fhir_entries import conditional_identifier, conditional_problem, entry_problem, not_understood
+from adapters.fhir_references import EntryIndex, nhs_identifiers, nhs_numbers, rebased
+from adapters.fhir_references import stripped as _str
 from adapters.json_shape import repeated_name
 from adapters.records import AdapterError, Item, RecordError, SourceRecord, as_text
 
@@ -39,16 +43,19 @@ SOURCE: Final = "fhir"
 MAX_BUNDLE_CHARS: Final = 10 * 1024 * 1024
 MAX_LOCAL_ID: Final = 128
 BUNDLE_TYPES: Final = frozenset({"transaction", "batch", "collection"})
-NHS_NUMBER_SYSTEM: Final = "https://fhir.nhs.uk/Id/nhs-number"
 ODS_SYSTEM: Final = "https://fhir.nhs.uk/Id/ods-organization-code"
 VERIFICATION_URL: Final = (
     "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus"
 )
-VERIFICATION_SYSTEM: Final = "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusEngland"
+#: The code systems of UK Core's required NHSNumberVerificationStatus value set, by the record
+#: field each one's codes go to (the spec maps each with its own ConceptMap: no code is translated).
+_UKCORE_SYSTEM: Final = "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatus"
+VERIFICATION_SYSTEMS: Final = {
+    f"{_UKCORE_SYSTEM}England": "nhs_number_verification",
+    f"{_UKCORE_SYSTEM}Wales": "nhs_number_verification_wales",
+}
 _ODS_CODE = re.compile(r"[A-Z0-9]{3,10}")
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
-_HISTORY = re.compile(r"/_history/[^/]*$")
-_SEPARATORS = re.compile(r"[\s\-]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +66,7 @@ class _Context:
     source_ods: str
     recorded_at: str
     meta: Mapping[str, Any]
+    checks_if_match: bool
 
 
 @dataclass(slots=True)
@@ -76,13 +84,19 @@ class FhirBundleAdapter:
 
     ``sender_ods`` is the authenticated sender's ODS code (the API knows it from
     the access token); when given it wins over the Bundle's ``meta.source``.
+    ``checks_if_match``: the caller compares each CarePlan update's ``request.ifMatch`` with
+    the version it stores (``POST /fhir`` does); otherwise an entry with one is refused, never
+    applied as if it had none.
     """
 
     source = SOURCE
 
-    def __init__(self, sender_ods: str | None = None, max_chars: int = MAX_BUNDLE_CHARS) -> None:
+    def __init__(
+        self, sender_ods: str | None = None, max_chars: int = MAX_BUNDLE_CHARS, checks_if_match: bool = False
+    ) -> None:
         self.sender_ods = sender_ods
         self.max_chars = max_chars
+        self.checks_if_match = checks_if_match
 
     def read(self, stream: IO[str] | IO[bytes]) -> Iterator[Item]:
         try:
@@ -105,6 +119,9 @@ class FhirBundleAdapter:
             entries = []
         if not isinstance(entries, list):
             raise AdapterError("Bundle.entry is not a list")
+        repeated = _repeated_full_url(entries)
+        if repeated is not None:
+            raise AdapterError(f"Bundle.entry: {repeated} have the same fullUrl (bdl-7 allows one)")
         items = _read_entries(entries, context)
         for _, item in sorted(items, key=lambda pair: pair[0]):
             if location is None:
@@ -120,6 +137,8 @@ class FhirBundleAdapter:
         bundle_type = bundle.get("type")
         if bundle_type not in BUNDLE_TYPES:
             raise AdapterError("Bundle.type must be transaction, batch or collection")
+        if bundle.get("implicitRules"):
+            raise AdapterError("Bundle.implicitRules: this gateway does not understand the rules it names")
         meta = bundle.get("meta")
         if not isinstance(meta, Mapping):
             meta = {}
@@ -128,7 +147,7 @@ class FhirBundleAdapter:
         kept_meta: dict[str, Any] = {"source": f"{ODS_SYSTEM}|{ods}"} if ods else {}
         if _str(meta.get("lastUpdated")):
             kept_meta["lastUpdated"] = meta["lastUpdated"]
-        return _Context(str(bundle_type), ods, recorded, kept_meta)
+        return _Context(str(bundle_type), ods, recorded, kept_meta, self.checks_if_match)
 
 
 def _load(text: str) -> Mapping[str, Any]:
@@ -144,33 +163,50 @@ def _load(text: str) -> Mapping[str, Any]:
     return bundle
 
 
+def _repeated_full_url(entries: list[Any]) -> str | None:
+    """Which two entries break bdl-7 (one fullUrl per entry, unless their meta.versionId differ)."""
+    seen: dict[tuple[str, Any], int] = {}
+    for n, entry in enumerate(entries):
+        full_url = _str(entry.get("fullUrl")) if isinstance(entry, Mapping) else None
+        if full_url is None:
+            continue
+        resource = entry.get("resource")
+        meta = resource.get("meta") if isinstance(resource, Mapping) else None
+        version = meta.get("versionId") if isinstance(meta, Mapping) else None
+        key = (full_url, version if isinstance(version, str) else None)
+        if key in seen:
+            return f"entries {seen[key]} and {n}"
+        seen[key] = n
+    return None
+
+
 def _read_entries(entries: list[Any], context: _Context) -> list[tuple[int, Item]]:
     """Every item of the Bundle with the index of the entry it is reported at."""
     out: list[tuple[int, Item]] = []
-    patients: dict[int, Mapping[str, Any]] = {}
-    plans: dict[int, Mapping[str, Any]] = {}
+    patients: list[int] = []
+    plans: list[int] = []
     for n, entry in enumerate(entries):
-        problem = _entry_problem(entry)
+        problem = entry_problem(entry, context.bundle_type)
         if problem is not None:
             reason, fld, detail = problem
             out.append((n, _error(context, n, [entry], reason, fld, detail)))
             continue
-        resource = entry["resource"]
-        kind = resource["resourceType"]
+        kind = entry["resource"]["resourceType"]
         if kind == "Patient":
-            patients[n] = resource
+            patients.append(n)
         elif kind == "CarePlan":
-            plans[n] = resource
+            plans.append(n)
         elif kind != "Provenance":  # Provenance is ours to write: a sender's is ignored.
             shown = kind if _RESOURCE_TYPE.fullmatch(kind) else "this resource type"
             detail = f"{shown} entries are not accepted (only Patient and CarePlan)"
             out.append(
                 (n, _error(context, n, [entry], "fhir-unsupported-resource", "resource.resourceType", detail))
             )
-    index = _PatientIndex(entries, patients)
+    index = EntryIndex("Patient", entries, patients)
+    plan_index = EntryIndex("CarePlan", entries, plans)
     groups: dict[str, _Group] = {f"entry {n}": _Group(n, n) for n in patients}
     for n in plans:
-        key, problem_detail = index.resolve(plans[n].get("subject"))
+        key, problem_detail = index.resolve(entries[n]["resource"].get("subject"))
         if key is None:
             detail = problem_detail or "subject matches no Patient entry"
             out.append((n, _error(context, n, [entries[n]], "fhir-unresolved-reference", "subject", detail)))
@@ -181,155 +217,42 @@ def _read_entries(entries: list[Any], context: _Context) -> list[tuple[int, Item
         group.plans.append(n)
     for group in groups.values():
         aliases = index.keys_of.get(group.patient, set()) if group.patient is not None else set()
-        out.append((group.index, _record(context, entries, group, aliases)))
+        out.append((group.index, _record(context, entries, group, aliases, plan_index)))
     return out
 
 
-def _entry_problem(entry: Any) -> tuple[str, str | None, str] | None:
-    if not isinstance(entry, Mapping):
-        return "fhir-invalid-entry", None, "entry is not a JSON object"
-    request = entry.get("request")
-    request = request if isinstance(request, Mapping) else {}
-    method = str(request.get("method", "")).upper()
-    if method == "DELETE":
-        return "fhir-delete-not-supported", "request.method", "DELETE entries are not accepted"
-    if method and method not in WRITE_METHODS:
-        shown = method if method in ("GET", "HEAD", "PATCH") else "this method"
-        detail = f"{shown} entries are not accepted (POST or PUT)"
-        return "fhir-method-not-supported", "request.method", detail
-    resource = entry.get("resource")
-    if not isinstance(resource, Mapping):
-        return "fhir-invalid-entry", "resource", "entry has no resource object"
-    if not isinstance(resource.get("resourceType"), str):
-        return "fhir-invalid-entry", "resource.resourceType", "resource has no resourceType"
-    return _url_problem(method, _str(request.get("url")), resource)
+def _verification_status(patient: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The NHS number's verification status as (record field, code); ("", "") when none is sent,
+    None when it is coded in neither system.
 
-
-#: The methods of the entries this gateway takes: creates and updates (FHIR R4 transaction processing).
-WRITE_METHODS: Final = frozenset({"POST", "PUT"})
-
-
-def _url_problem(method: str, url: str | None, resource: Mapping[str, Any]) -> tuple[str, str, str] | None:
-    """An entry whose ``request.url`` names another type, or (a PUT) another id, than its resource
-    (FHIR R4 update: the server SHALL reject a body whose id differs from the URL's)."""
-    if url is None:
-        return None
-    path, _, search = url.partition("?")
-    parts = path.rstrip("/").split("/")
-    if method == "PUT" and not search and len(parts) >= 2:  # [base/]Type/id
-        rtype, rid = parts[-2], parts[-1]
-    else:  # [base/]Type, or a conditional update's [base/]Type?search
-        rtype, rid = parts[-1], None
-    if rtype != resource["resourceType"]:
-        return "fhir-url-mismatch", "request.url", "request.url names another resource type than the resource"
-    body_id = _str(resource.get("id"))
-    if rid is not None and body_id is not None and rid != body_id:
-        return "fhir-url-mismatch", "request.url", "request.url names another id than the resource's"
-    return None
-
-
-class _PatientIndex:
-    """Finds the Patient entry a reference names: by fullUrl, ``Patient/id`` or NHS number."""
-
-    def __init__(self, entries: list[Any], patients: Mapping[int, Mapping[str, Any]]) -> None:
-        self.by_key: dict[str, set[int]] = {}
-        #: Every key that names each Patient entry (its aliases in this Bundle).
-        self.keys_of: dict[int, set[str]] = {}
-        for n, patient in patients.items():
-            full_url = _str(entries[n].get("fullUrl"))
-            keys = {full_url} if full_url else set()
-            if full_url and "/Patient/" in full_url and not full_url.startswith("urn:"):
-                keys.add("Patient/" + _HISTORY.sub("", full_url).rsplit("/Patient/", 1)[1])
-            if _str(patient.get("id")):
-                keys.add(f"Patient/{patient['id']}")
-            keys.update(f"nhs:{number}" for number in nhs_numbers(patient))
-            self.keys_of[n] = keys
-            for key in keys:
-                self.by_key.setdefault(key, set()).add(n)
-
-    def resolve(self, subject: Any) -> tuple[str | None, str | None]:
-        """The group key of ``subject`` (``entry N`` or ``nhs:NNN``), or None and why."""
-        key = _subject_key(subject)
-        if key is None:
-            return None, "subject is not a Patient reference this gateway can resolve"
-        found = self.by_key.get(key, set())
-        if len(found) > 1:
-            return None, "subject matches more than one Patient entry"
-        if found:
-            return f"entry {next(iter(found))}", None
-        if key.startswith("nhs:"):
-            return key, None
-        return None, None
-
-
-def _subject_key(subject: Any) -> str | None:
-    if not isinstance(subject, Mapping):
-        return None
-    reference = _str(subject.get("reference"))
-    if reference is None:
-        ident = subject.get("identifier")
-        if (
-            isinstance(ident, Mapping)
-            and ident.get("system") == NHS_NUMBER_SYSTEM
-            and _str(ident.get("value"))
-        ):
-            return "nhs:" + _normal(str(ident["value"]))
-        return None
-    if reference.startswith("Patient?"):
-        for name, value in parse_qsl(reference.partition("?")[2]):
-            system, bar, number = value.rpartition("|")
-            if name == "identifier" and bar and system == NHS_NUMBER_SYSTEM and number.strip():
-                return "nhs:" + _normal(number)
-        return None
-    if reference.startswith("#"):
-        return None
-    reference = _HISTORY.sub("", reference)
-    if ":" in reference.split("/", 1)[0]:  # absolute URL or urn:uuid: matches a fullUrl
-        return reference
-    return reference if reference.startswith("Patient/") else None
-
-
-def nhs_numbers(patient: Mapping[str, Any]) -> list[str]:
-    """The distinct NHS numbers of a Patient (spaces and dashes removed; not checked here)."""
-    out: list[str] = []
-    for ident in _nhs_identifiers(patient):
-        number = _normal(str(ident["value"]))
-        if number not in out:
-            out.append(number)
-    return out
-
-
-def _nhs_identifiers(patient: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    idents = patient.get("identifier")
-    if not isinstance(idents, list):
-        return []
-    return [
-        i
-        for i in idents
-        if isinstance(i, Mapping) and i.get("system") == NHS_NUMBER_SYSTEM and _str(i.get("value"))
-    ]
-
-
-def _verification_status(patient: Mapping[str, Any]) -> str:
-    for ident in _nhs_identifiers(patient):
+    UK Core binds it to England's and Wales's code systems, whose codes differ (Wales has ``nn``,
+    traced on the Welsh NHS AR; its ``01`` is traced, England's verified): a code is taken in its
+    own system only, never translated, so a status in no system of the value set is not read.
+    """
+    for ident in nhs_identifiers(patient):
         for ext in ident.get("extension") or ():
             if not isinstance(ext, Mapping) or ext.get("url") != VERIFICATION_URL:
                 continue
             concept = ext.get("valueCodeableConcept")
             codings = concept.get("coding") if isinstance(concept, Mapping) else None
             usable = [c for c in codings or () if isinstance(c, Mapping) and _str(c.get("code"))]
-            usable.sort(key=lambda c: c.get("system") != VERIFICATION_SYSTEM)
+            for system, target in VERIFICATION_SYSTEMS.items():
+                for coding in usable:
+                    if coding.get("system") == system:
+                        return target, str(coding["code"]).strip()
             if usable:
-                return str(usable[0]["code"]).strip()
-    return ""
+                return None
+    return "", ""
 
 
-def _record(context: _Context, entries: list[Any], group: _Group, aliases: set[str]) -> Item:
+def _record(
+    context: _Context, entries: list[Any], group: _Group, aliases: set[str], plan_index: EntryIndex
+) -> Item:
     members = ([group.patient] if group.patient is not None else []) + group.plans
     raw = _raw(context, [entries[n] for n in members])
     location = f"entry {group.index}"
     patient: Mapping[str, Any] | None = None
-    status = ""
+    status: tuple[str, str] = ("", "")
     number = group.nhs_number
     if group.patient is not None:
         patient = entries[group.patient]["resource"]
@@ -345,45 +268,47 @@ def _record(context: _Context, entries: list[Any], group: _Group, aliases: set[s
                 raw,
             )
         number = numbers[0] if numbers else ""
-        status = _verification_status(patient)
+        found = _verification_status(patient)
+        if found is None:
+            detail = "the NHS number verification status is in neither UK Core code system (England, Wales)"
+            return RecordError(SOURCE, location, "unknown-code", "identifier.extension", detail, raw)
+        status = found
+    for n in members:
+        problem = conditional_problem(entries[n], context.checks_if_match) or not_understood(entries[n])
+        if problem is not None:
+            reason, fld, detail = problem
+            return RecordError(SOURCE, location, reason, fld, f"entry {n}: {detail}", raw)
     person = _person_id(entries, group, number)
     local_id = _bounded(_qualified(context, person))
     # With no NHS number there is nothing to point at (and the record fails mapping anyway).
     aliases = {*aliases, f"nhs:{number}"} if number else set()
-    plans = [
-        {
-            **_rebased(entries[n]["resource"], aliases, number),
-            "local_id": _qualified(context, _plan_id(entries[n], f"{person} plan {k}")),
-        }
+    plan_ids = {
+        n: _qualified(context, _plan_id(entries[n], f"{person} plan {k}"))
         for k, n in enumerate(group.plans, start=1)
+    }
+    # The keys naming a plan of this record; one that names two CarePlan entries is never guessed.
+    siblings = {
+        key: plan_ids[n]
+        for n in group.plans
+        for key in plan_index.keys_of[n]
+        if len(plan_index.by_key[key]) == 1
+    }
+    plans = [
+        {**rebased(entries[n]["resource"], aliases, number, siblings), "local_id": plan_ids[n]}
+        for n in group.plans
     ]
+    kind, code = status
     fields = {
         "nhs_number": number,
-        "nhs_number_status": status,
-        # A list of zero or one codes: the spec writes the extension only when a status was sent.
-        "nhs_number_verification": [status] if status else [],
+        "nhs_number_status": code,
+        # Lists of zero or one codes: the spec writes the extension only when a status was sent.
+        **{target: [code] if target == kind else [] for target in VERIFICATION_SYSTEMS.values()},
         "patient": patient,
         "care_plans": plans,
         "source_ods": context.source_ods,
         "recorded_at": context.recorded_at,
     }
     return SourceRecord(SOURCE, location, local_id, fields, raw)
-
-
-def _rebased(value: Any, aliases: set[str], nhs_number: str) -> Any:
-    """``value`` with every reference to this person's Patient entry made a reference by NHS number.
-
-    The sender's Patient id or fullUrl means nothing here (and might name
-    someone else's resource here); the NHS number names the shared Patient.
-    """
-    if isinstance(value, list):
-        return [_rebased(v, aliases, nhs_number) for v in value]
-    if not isinstance(value, Mapping):
-        return value
-    if isinstance(value.get("reference"), str) and _subject_key(value) in aliases:
-        kept = {k: v for k, v in value.items() if k not in ("reference", "identifier", "type")}
-        return {"type": "Patient", "identifier": {"system": NHS_NUMBER_SYSTEM, "value": nhs_number}, **kept}
-    return {k: _rebased(v, aliases, nhs_number) for k, v in value.items()}
 
 
 def _person_id(entries: list[Any], group: _Group, nhs_number: str) -> str:
@@ -404,7 +329,8 @@ def _person_id(entries: list[Any], group: _Group, nhs_number: str) -> str:
 
 
 def _plan_id(entry: Mapping[str, Any], fallback: str) -> str:
-    """The sender's id for a CarePlan: its id, else its first identifier, else its fullUrl.
+    """The sender's id for a CarePlan: its id, else the identifier its conditional update names,
+    else its first identifier, else its fullUrl.
 
     A plan with none of them is named by its place among the person's plans
     (the same when its record is replayed; a sender should send an identifier).
@@ -412,6 +338,13 @@ def _plan_id(entry: Mapping[str, Any], fallback: str) -> str:
     resource = entry["resource"]
     if _str(resource.get("id")):
         return f"CarePlan/{resource['id']}"
+    request = entry.get("request")
+    request = request if isinstance(request, Mapping) else {}
+    url = _str(request.get("url"))
+    if url and "?" in url and request.get("method") == "PUT":
+        criterion = conditional_identifier(url.partition("?")[2])
+        if criterion is not None:
+            return "|".join(criterion)
     for ident in resource.get("identifier") or ():
         if isinstance(ident, Mapping) and _str(ident.get("value")):
             system = _str(ident.get("system"))
@@ -458,14 +391,3 @@ def _ods_of_source(source: Any) -> str:
 def _ods(code: str) -> str:
     code = code.strip().upper()
     return code if _ODS_CODE.fullmatch(code) else ""
-
-
-def _normal(number: str) -> str:
-    return _SEPARATORS.sub("", number)
-
-
-def _str(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    return text or None

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import IO, Final
 
-from adapters.records import AdapterError, Item, RecordError, SourceRecord, as_text
+from adapters.records import AdapterError, Item, RecordError, SourceRecord, as_text, ods_code
 
 SOURCE: Final = "gp"
 COLUMNS: Final = (
@@ -174,7 +174,8 @@ def _record(header: list[str], row: list[str], location: str, raw: str) -> Item:
                 "activities": _activities(cells.get("activities", "")),
             }
         )
-    fields = {**cells, "care_plans": plans}
+    # The practice's ODS code keys its plans (their identifier system): as ODS writes it.
+    fields = {**cells, "practice_ods": ods_code(cells["practice_ods"]), "care_plans": plans}
     return SourceRecord(SOURCE, location, local_id, fields, raw)
 
 

@@ -61,6 +61,22 @@ class RecordError:
 Item = SourceRecord | RecordError
 
 
+#: How an adapter writes a reference from one plan of a record to another plan of the same record
+#: (a FHIR Bundle's entries name each other by fullUrl): this prefix, then the target plan's source
+#: id as its spec's ``local_id`` makes it. The mapper turns it into a reference to the CarePlan it
+#: stores for that plan; one that names no plan of the record is not stored.
+PLAN_REFERENCE: Final = "concord-plan:"
+
+
+def ods_code(value: Any) -> Any:
+    """An ODS code as ODS writes them, upper case without surrounding space (anything else as given).
+
+    Codes key records and plans (``person_id@council_ods``, a plan's identifier system), so a
+    sender that writes ``e09000031`` must land on the same records as one that writes ``E09000031``.
+    """
+    return value.strip().upper() if isinstance(value, str) else value
+
+
 #: Reasons whose quarantined raw is not the whole record (a message over the size limit keeps only
 #: its start): a replay cannot read it, so it stays quarantined for that reason; re-send the record.
 NOT_HELD_WHOLE: Final = frozenset({"hl7-message-too-large"})

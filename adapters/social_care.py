@@ -24,9 +24,11 @@ A case's ``raw`` is a one-case document, ``{"export": header, "cases": [case]}``
 re-serialised from the parsed values (ijson does not give the bytes back), so
 replay needs nothing but ``raw``. Besides the case's own fields the record
 carries ``care_plans`` (the case's ``care_and_support_plans``) and
-``source_ods`` (the header's ``council_ods``). Its ``local_id`` is ``person_id@council_ods``, and
-its plans' ids are keyed on the council too (mappings/specs/social-care.CarePlan.json): two councils
-that happen to use the same person or plan id for one person keep a record each.
+``source_ods`` (the header's ``council_ods``). ODS codes (the council's, the GP practice's, each
+service provider's) are read in upper case, as ODS writes them. Its ``local_id`` is
+``person_id@council_ods``, and its plans' ids are keyed on the council too
+(mappings/specs/social-care.CarePlan.json): two councils that happen to use the same person or
+plan id for one person keep a record each, and one council is one council whatever its case.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import ijson  # type: ignore[import-untyped]
 import orjson
 
 from adapters.json_shape import repeated_name, shape_problem, shown_name
-from adapters.records import AdapterError, Item, RecordError, SourceRecord
+from adapters.records import AdapterError, Item, RecordError, SourceRecord, ods_code
 
 SOURCE: Final = "social-care"
 _BOM: Final = b"\xef\xbb\xbf"
@@ -135,7 +137,7 @@ class SocialCareAdapter:
                 SOURCE, location, "field-missing", "export.council_ods", "no council ODS code", raw
             )
             return
-        yield _case(cases[0], council_ods, location, raw)
+        yield _case(cases[0], ods_code(council_ods), location, raw)
 
 
 class _Utf8Source:
@@ -218,7 +220,7 @@ def _header(events: Iterator[tuple[str, str, Any]]) -> tuple[dict[str, Any], str
     council_ods = header.get("council_ods")
     if not isinstance(council_ods, str) or not council_ods.strip():
         raise AdapterError("social care export: export.council_ods is required")
-    return header, council_ods.strip()
+    return header, ods_code(council_ods)
 
 
 def _cases(
@@ -344,11 +346,33 @@ def _case(case: Any, council_ods: str, location: str, raw: str) -> Item:
     for required in ("person", "care_and_support_plans"):
         if required not in case or case[required] is None:
             return RecordError(SOURCE, location, "field-missing", required, f"{required} is required", raw)
+    case = _ods_upper(case)
     fields = {**case, "care_plans": case["care_and_support_plans"], "source_ods": council_ods}
     return SourceRecord(SOURCE, location, qualified(local_id, council_ods), fields, raw)
+
+
+def _ods_upper(case: dict[str, Any]) -> dict[str, Any]:
+    """The case with its ODS codes as ODS writes them (the GP practice, each service's provider)."""
+    person = case["person"]
+    if isinstance(person, dict) and "gp_practice_ods" in person:
+        person = {**person, "gp_practice_ods": ods_code(person["gp_practice_ods"])}
+    plans = [
+        {**plan, "services": [_provider_upper(s) for s in plan["services"]]}
+        if isinstance(plan, dict) and isinstance(plan.get("services"), list)
+        else plan
+        for plan in case["care_and_support_plans"]
+    ]
+    return {**case, "person": person, "care_and_support_plans": plans}
+
+
+def _provider_upper(service: Any) -> Any:
+    provider = service.get("provider") if isinstance(service, dict) else None
+    if not isinstance(provider, dict) or "ods_code" not in provider:
+        return service
+    return {**service, "provider": {**provider, "ods_code": ods_code(provider["ods_code"])}}
 
 
 def qualified(person_id: object, council_ods: str) -> str:
     """A case's local id: the person id qualified by the council's ODS code, so that councils pushing
     to one gateway cannot replace each other's records (as the FHIR adapter qualifies its senders')."""
-    return f"{str(person_id).strip()}@{council_ods.strip()}"
+    return f"{str(person_id).strip()}@{ods_code(council_ods)}"

@@ -158,17 +158,18 @@ def _dig(data: Any, dotted: str) -> Any:
     return data
 
 
-def _pruned(value: Any) -> Any:
-    """Drop empty elements left behind (a list padded by writing index 1 before 0)."""
+def pruned(value: Any) -> Any:
+    """Drop empty elements left behind (a list padded by writing index 1 before 0, a Reference whose
+    reference was removed)."""
     if isinstance(value, dict):
-        return {k: p for k, v in value.items() if not _empty(p := _pruned(v))}
+        return {k: p for k, v in value.items() if not empty(p := pruned(v))}
     if isinstance(value, list):
-        return [p for v in value if not _empty(p := _pruned(v))]
+        return [p for v in value if not empty(p := pruned(v))]
     return value
 
 
 def _blank(value: Any) -> bool:
-    return _empty(value.strip() if isinstance(value, str) else value)
+    return empty(value.strip() if isinstance(value, str) else value)
 
 
 def _getter(name: str) -> Callable[[_Scope], Any]:
@@ -188,7 +189,7 @@ def _getter(name: str) -> Callable[[_Scope], Any]:
 _YES_NO: Final = {"Y": True, "N": False}
 
 
-def _empty(value: Any) -> bool:
+def empty(value: Any) -> bool:
     return value is None or value == "" or value == [] or value == {}
 
 
@@ -240,7 +241,7 @@ class Engine:
         out = Mapped({})
         scope = _Scope(item, root, 0, out.warnings, context or {})
         if self._compiled(spec)(scope, out.body):
-            out.body = _pruned(out.body)
+            out.body = pruned(out.body)
         return out
 
     def _compiled(self, spec: ResourceSpec) -> _Step:
@@ -303,13 +304,13 @@ class Engine:
             value = source(scope)
             if isinstance(value, str):
                 value = value.strip()
-            if default is not None and _empty(value):
+            if default is not None and empty(value):
                 value = default
             for transform, arg in transforms:
-                if _empty(value):
+                if empty(value):
                     break
                 value = transform(value, arg, scope, rule)
-            if _empty(value):
+            if empty(value):
                 if required:
                     raise MappingError(MappingIssue(missing_reason, rule.field, f"{rule.field} is required"))
                 return False

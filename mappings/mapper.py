@@ -4,7 +4,9 @@ For each record the mapper produces the source's *contribution* to the
 person's shared Patient (demographics as this source holds them) and the
 source's CarePlans, each with the Provenance that says where it came from.
 The shared Patient itself is built from all contributions by
-``mappings.shared_view``.
+``mappings.shared_view``. Every resource keeps only the references that resolve
+here for the person (``mappings.references``): their shared Patient, the
+record's own CarePlans, its contained resources.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from adapters.records import SourceRecord
+from adapters.records import PLAN_REFERENCE, SourceRecord
 from mappings.engine import ODS_SYSTEM, Engine, MappingError, MappingIssue
 from mappings.ids import IdMaker
+from mappings.references import settled
 from mappings.specs import SourceSpecs
 from mappings.validate import NHS_NUMBER_SYSTEM, UKCORE_PATIENT
 
@@ -71,13 +74,14 @@ class Mapper:
         if nhs is None:
             raise MappingError(MappingIssue("nhs-number-missing", "nhs_number", "no NHS number"))
         patient_id = self.ids.patient(nhs)
+        person = f"Patient/{patient_id}"
         source_ods = _text(fields.get("source_ods")) or _text(fields.get("practice_ods"))
         out = MappedRecord(
             source=record.source,
             local_id=record.local_id,
             nhs_number=nhs,
             patient_id=patient_id,
-            contribution=patient.body,
+            contribution=settled(patient.body, {}, {person}),
             warnings=list(patient.warnings),
             source_ods=source_ods,
             opt_out_code=_text(fields.get("opt_out_code")),
@@ -86,20 +90,26 @@ class Mapper:
         )
         if specs.care_plan is None or specs.care_plan.for_each is None:
             return out
-        for item in fields.get(specs.care_plan.for_each) or ():
-            mapped = self.engine.apply(specs.care_plan, item, fields, {"patient": f"Patient/{patient_id}"})
+        items = list(fields.get(specs.care_plan.for_each) or ())
+        locals_ = [
+            "/".join(_local_part(k, item, fields) for k in specs.care_plan.local_id) or record.local_id
+            for item in items
+        ]
+        plan_ids = [self.ids.source_resource("CarePlan", record.source, local, nhs) for local in locals_]
+        # The record's plans may name each other (entries of one pushed Bundle): by the ids given here.
+        named = {PLAN_REFERENCE + lid: f"CarePlan/{pid}" for lid, pid in zip(locals_, plan_ids, strict=True)}
+        allowed = {person, *named.values()}
+        for item, local, plan_id in zip(items, locals_, plan_ids, strict=True):
+            mapped = self.engine.apply(specs.care_plan, item, fields, {"patient": person})
             out.warnings.extend(mapped.warnings)
-            parts = (_local_part(k, item, fields) for k in specs.care_plan.local_id)
-            local = "/".join(parts) or record.local_id
-            plan_id = self.ids.source_resource("CarePlan", record.source, local, nhs)
             body = {
                 "resourceType": "CarePlan",
                 "id": plan_id,
                 "meta": {"profile": [specs.care_plan.profile]},
                 **mapped.body,
-                "subject": {"reference": f"Patient/{patient_id}"},
+                "subject": {"reference": person},
             }
-            out.resources.append(body)
+            out.resources.append(settled(body, named, allowed))
             out.resources.append(
                 provenance(self.ids, record.source, f"CarePlan/{plan_id}", [local], source_ods, "CarePlan")
             )

@@ -2,7 +2,8 @@
 
 - ``fhir``: an ``application/fhir+json`` response of ready bytes.
 - ``check_format``: JSON only (``_format`` and ``Accept``), FHIR R4 only (the media type's
-  ``fhirVersion`` parameter, if given, is 4.0); anything else is 406.
+  ``fhirVersion`` parameter, if given, is 4.0); anything else is 406. ``this_version`` is the
+  same test of a media type's parameters (a pushed body's ``Content-Type``: 415).
 - ``resource_response``: one resource with ``ETag: W/"{versionId}"`` and ``Last-Modified``;
   ``If-None-Match`` naming the current version gives 304 with no body.
 - ``searchset`` and ``history``: Bundles joined from stored bytes, with paging links.
@@ -53,7 +54,7 @@ def check_format_of(fmt: str | None, accept: str) -> None:
     """``check_format`` on the request's first ``_format`` value (None: absent) and its ``Accept``."""
     if fmt is not None:
         media, _, params = fmt.partition(";")
-        if media.strip().lower() not in JSON_FORMATS or not _this_version(params):
+        if media.strip().lower() not in JSON_FORMATS or not this_version(params):
             raise NotAcceptable("only FHIR R4 JSON is served: _format=json")
         return
     if accept.strip() and not _accepts_json(accept):
@@ -64,12 +65,12 @@ def _accepts_json(accept: str) -> bool:
     for item in accept.split(","):
         media, _, params = item.partition(";")
         media = media.strip().lower()
-        if (media in ("*/*", "application/*") or "json" in media) and _this_version(params):
+        if (media in ("*/*", "application/*") or "json" in media) and this_version(params):
             return True
     return False
 
 
-def _this_version(params: str) -> bool:
+def this_version(params: str) -> bool:
     """Whether a media type's parameters (``a=1; b=2``) leave out ``fhirVersion`` or name R4's."""
     for param in params.split(";"):
         name, _, value = param.partition("=")

@@ -8,9 +8,15 @@ both because the body is already in memory (the API caps it):
   body that cannot be read at all (not JSON, not a Bundle, a social care export
   that breaks off) is refused with 400 and nothing of it is stored;
 - the answer names what happened to each record: for a FHIR Bundle a
-  ``transaction-response`` (``batch-response`` for a batch or collection) with
-  one entry per input entry, for a social care export the run's report with
-  every quarantined case.
+  ``transaction-response`` (``batch-response`` for a batch) with one entry per
+  input entry, for a social care export the run's report with every
+  quarantined case.
+
+A CarePlan update's ``request.ifMatch`` is compared here with the version stored
+before the run (the adapter cannot see the store): a plan that is not stored, or
+is at another version, holds its whole record back (quarantined,
+``fhir-precondition-failed``, answered 412). Other conditional interactions are
+honoured or refused by the adapter (``adapters.fhir_entries``), never ignored.
 
 Quarantined records are kept for replay (``concord quarantine``) and the push
 still answers 200: nothing sent is lost. The per-entry status reports only the
@@ -32,7 +38,7 @@ import orjson
 from sqlalchemy import select, tuple_
 
 from adapters.fhir import FhirBundleAdapter
-from adapters.records import AdapterError, Item, SourceRecord
+from adapters.records import AdapterError, Item, RecordError, SourceRecord
 from adapters.social_care import SocialCareAdapter
 from gateway.api.outcome import BadRequest, Forbidden, insufficient_scope, operation_outcome
 from gateway.api.principal import Principal
@@ -45,6 +51,17 @@ from mappings.engine import MappingError
 #: Resource types a pushed Bundle writes, each needing its write scope.
 WRITTEN_TYPES: Final = ("Patient", "CarePlan")
 QUARANTINE_REASON: Final = "https://fhir.concord.health/CodeSystem/quarantine-reason"
+#: The Bundle types ``POST /fhir`` processes (FHIR R4 http.html: transaction and batch).
+PUSHED_TYPES: Final = frozenset({"transaction", "batch"})
+#: Quarantine reasons answered otherwise than ``422`` ``processing``: the request was refused as
+#: asked (FHIR R4 http.html), or named something this gateway does not understand.
+ANSWERS: Final = {
+    "fhir-conditional-not-supported": ("400 Bad Request", "not-supported"),
+    "fhir-conditional-mismatch": ("400 Bad Request", "invalid"),
+    "fhir-precondition-failed": ("412 Precondition Failed", "conflict"),
+    "fhir-modifier-extension": ("422 Unprocessable Entity", "extension"),
+    "fhir-implicit-rules": ("422 Unprocessable Entity", "not-supported"),
+}
 _BOM: Final = b"\xef\xbb\xbf"
 
 
@@ -84,26 +101,36 @@ class PushService:
     def __init__(self, services: Services) -> None:
         self.services = services
 
-    async def fhir_bundle(self, principal: Principal, body: bytes, request_id: str) -> Pushed:
-        """Ingest a pushed Bundle; the response Bundle (one entry per input entry, in input order)."""
+    async def fhir_bundle(
+        self, principal: Principal, body: bytes, request_id: str, outcomes: bool = False
+    ) -> Pushed:
+        """Ingest a pushed Bundle; the response Bundle (one entry per input entry, in input order).
+
+        ``outcomes`` (``Prefer: return=OperationOutcome``): every entry's response carries an
+        OperationOutcome, the stored ones too; otherwise only those not stored do.
+        """
         bundle = _json_object(body)
         entries = bundle.get("entry")
         entries = entries if isinstance(entries, list) else []
         _check_type_scopes(principal, entries)
-        adapter = FhirBundleAdapter(sender_ods=principal.ods_code)
-        items = await _read_all(adapter.read, body)
-        records = _match(items, entries)
+        adapter = FhirBundleAdapter(sender_ods=principal.ods_code, checks_if_match=True)
+        records = _match(await _read_all(adapter.read, body), entries)
         self._plan(records)
         before, before_people = await self._existing(records)
+        _check_if_match(records, entries, before)
+        items = [r.item for r in records]
         report = await self.services.ingestor.run(adapter.source, items, _input_name(principal, request_id))
         held = {q.location: q for q in await quarantined(self.services, report)}
         async with self.services.engine.connect() as conn:
             after = await current_versions(conn, [k for r in records for _, k in r.plans])
         responses = _responses(records, held, before, before_people, after)
+        answers = [responses.get(n) or _unmatched(e) for n, e in enumerate(entries)]
+        if outcomes:
+            answers = [a if "outcome" in a else _with_outcome(a) for a in answers]
         response = {
             "resourceType": "Bundle",
             "type": "transaction-response" if bundle.get("type") == "transaction" else "batch-response",
-            "entry": [{"response": responses.get(n) or _unmatched(e)} for n, e in enumerate(entries)],
+            "entry": [{"response": a} for a in answers],
         }
         return Pushed(response, report.run_id)
 
@@ -197,6 +224,11 @@ def _json_object(body: bytes) -> Mapping[str, Any]:
         raise BadRequest("the body is not JSON", code="structure") from None
     if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
         raise BadRequest("the body must be a FHIR Bundle (resourceType Bundle)", code="structure")
+    if value.get("type") not in PUSHED_TYPES:
+        # FHIR R4 http.html: POST [base] processes a transaction or a batch; a collection asks for nothing.
+        raise BadRequest(
+            "Bundle.type must be transaction or batch: only those are processed", code="structure"
+        )
     return value  # a name given twice is refused by the adapter (``adapters.fhir``), as on the CLI
 
 
@@ -244,6 +276,46 @@ def _match(items: Sequence[Item], entries: Sequence[Any]) -> list[_Record]:
     return records
 
 
+def _check_if_match(
+    records: Sequence[_Record], entries: Sequence[Any], before: Mapping[Key, Current]
+) -> None:
+    """Hold back (quarantine) each record with a CarePlan update whose ``ifMatch`` is not the version
+    stored before the run (FHIR R4 http.html: 412; also for a plan that is not stored at all).
+
+    Compared with what was read before the run, not under a lock: two pushes of one plan by one
+    sender that run at the same moment can both pass (only its sender writes a plan).
+    """
+    for record in records:
+        item = record.item
+        if not isinstance(item, SourceRecord):
+            continue
+        for n, key in record.plans:
+            request = entries[n].get("request") if isinstance(entries[n], Mapping) else None
+            tag = request.get("ifMatch") if isinstance(request, Mapping) else None
+            if tag is None or tag == "":
+                continue
+            current = before.get(key)
+            if current is not None and _etag_version(tag) == str(current.version_id):
+                continue
+            state = "is not stored here" if current is None else "is at another version"
+            detail = f"entry {n}: request.ifMatch names a version, and the CarePlan {state}"
+            record.item = RecordError(
+                item.source,
+                item.location,
+                "fhir-precondition-failed",
+                "request.ifMatch",
+                detail,
+                item.raw,
+                item.local_id,
+            )
+            break
+
+
+def _etag_version(tag: Any) -> str | None:
+    """The version an ETag (``W/"3"``, ``"3"``) names; None for anything else."""
+    return tag.strip().removeprefix("W/").strip('"') if isinstance(tag, str) else None
+
+
 def _resource_type(entry: Any) -> str | None:
     resource = entry.get("resource") if isinstance(entry, dict) else None
     kind = resource.get("resourceType") if isinstance(resource, dict) else None
@@ -288,12 +360,24 @@ def _plan_response(key: Key, before: Current | None, after: Current | None) -> d
 
 
 def _quarantined_response(problem: Quarantined) -> dict[str, Any]:
+    status, code = ANSWERS.get(problem.reason, ("422 Unprocessable Entity", "processing"))
     where = f" at {problem.field}" if problem.field else ""
-    outcome = operation_outcome("processing", f"quarantined ({problem.reason}){where}: {problem.detail}")
+    outcome = operation_outcome(code, f"quarantined ({problem.reason}){where}: {problem.detail}")
     outcome["issue"][0]["details"] = {"coding": [{"system": QUARANTINE_REASON, "code": problem.reason}]}
     if problem.field:
         outcome["issue"][0]["expression"] = [problem.field]
-    return {"status": "422 Unprocessable Entity", "outcome": outcome}
+    return {"status": status, "outcome": outcome}
+
+
+def _with_outcome(response: dict[str, Any]) -> dict[str, Any]:
+    """A stored entry's response with an OperationOutcome saying so (``Prefer: return=OperationOutcome``)."""
+    first = str(response["status"]).startswith("201")
+    if str(response.get("location", "")).startswith("Patient/"):
+        when = "sent for the first time" if first else "sent before"
+        message = f"stored: this sender's details of the person, {when}"
+    else:
+        message = "stored: a new CarePlan" if first else "stored: the CarePlan, at the version its etag names"
+    return {**response, "outcome": operation_outcome("informational", message, "information")}
 
 
 def _unmatched(entry: Any) -> dict[str, Any]:

@@ -13,6 +13,12 @@ Who may push (checked before the body is read):
   (``system/Patient.write``, ``system/CarePlan.write``, or ``system/*.write``);
   the social care export writes both, so it needs both.
 
+``POST /fhir`` answers FHIR R4 JSON only: an ``Accept`` or ``_format`` asking for anything else is 406, as
+on the read API; a ``Content-Type`` naming another ``fhirVersion`` than 4.0 is 415. ``Prefer:
+return=OperationOutcome`` puts an outcome on every entry's response; ``return=minimal`` is the default;
+``return=representation`` is not honoured (no resource is returned: a Patient entry's would be the
+shared Patient, other sources' data included), so no ``Preference-Applied`` is sent for it.
+
 ``Idempotency-Key`` (1-128 visible characters): the first complete answer is kept
 for 24 hours, keyed by client and key with a hash of the request; a retry gets it
 again (``Idempotent-Replayed: true``); the same key with another request is 409.
@@ -32,18 +38,19 @@ from fastapi.responses import Response
 
 from gateway.api import openapi
 from gateway.api.deps import Caller, RequestId, ServicesDep
+from gateway.api.fhir_responses import check_format, this_version
 from gateway.api.outcome import (
     FHIR_JSON,
     ApiError,
     BadRequest,
     Conflict,
-    Forbidden,
     insufficient_scope,
     outcome_bytes,
+    role_refused,
 )
 from gateway.api.principal import Principal, Role
 from gateway.api.push import Pushed, PushService
-from gateway.api.routes.metadata import INTERACTIONS
+from gateway.api.routes.metadata import CONDITIONAL_UPDATE, INTERACTIONS
 from gateway.bootstrap import Services
 from gateway.store import idempotency
 from gateway.store.idempotency import Claimed, KeyInUse, KeyReused, Stored
@@ -53,8 +60,9 @@ router = APIRouter(tags=["FHIR write"], responses=openapi.ERRORS)
 FHIR_SOURCE: Final = "fhir"
 SOCIAL_CARE_SOURCE: Final = "social-care"
 JSON: Final = "application/json"
-#: Failures a retry of the same body always meets again: kept for the key like a success.
-_KEPT_FAILURES: Final = frozenset({400, 415, 422})
+#: Failures a retry of the same body always meets again: kept for the key like a success. (A 415
+#: or 413 is answered before the key is looked at: the retry with the right body is processed.)
+_KEPT_FAILURES: Final = frozenset({400, 422})
 
 
 class UnsupportedMediaType(ApiError):
@@ -69,9 +77,9 @@ def source_client(
 
     async def check(principal: Caller) -> Principal:  # async: FastAPI runs a plain def in a thread
         if principal.role is not Role.SOURCE:
-            raise Forbidden("only a source system's client may push records")
+            raise role_refused("only a source system's client may push records")
         if principal.source != source:
-            raise Forbidden(f"this client may not push {source} records: it writes its own source's only")
+            raise role_refused(f"this client may not push {source} records: it writes its own source's only")
         if not any(principal.allows(scope) for scope in any_of):
             raise insufficient_scope(*any_of, diagnostics=f"scope {any_of[0]} is required")
         for scope in all_of:
@@ -98,6 +106,7 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
     openapi_extra={
         **openapi.body("A transaction or batch Bundle", FHIR_JSON, openapi.JSON),
         INTERACTIONS: ["transaction", "batch"],  # declared in the CapabilityStatement
+        CONDITIONAL_UPDATE: ["Patient", "CarePlan"],  # PUT Type?identifier=system|value
     },
     responses=openapi.PUSH_ERRORS,
 )
@@ -109,12 +118,14 @@ async def push_bundle(
     key: IdempotencyKey = None,
 ) -> Response:
     """Ingest a pushed Bundle: 200 with a transaction-response (quarantined entries carry an outcome)."""
-    _media_type(request, (FHIR_JSON, JSON))
+    check_format(request)
+    _media_type(request, (FHIR_JSON, JSON), fhir=True)
+    outcomes, applied = _return_preference(request.headers.get("prefer"))
     body = await request.body()
 
     async def run() -> Stored:
-        pushed = await PushService(services).fhir_bundle(caller, body, request_id)
-        return _stored(pushed, FHIR_JSON)
+        pushed = await PushService(services).fhir_bundle(caller, body, request_id, outcomes)
+        return _stored(pushed, FHIR_JSON, {"Preference-Applied": applied} if applied else {})
 
     return await _once(services, caller, key, request, body, run)
 
@@ -206,15 +217,32 @@ def _request_hash(request: Request, body: bytes) -> str:
     return digest.hexdigest()
 
 
-def _media_type(request: Request, accepted: tuple[str, ...]) -> None:
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media not in accepted:
+def _media_type(request: Request, accepted: tuple[str, ...], fhir: bool = False) -> None:
+    """415 unless the body is one of ``accepted``; for FHIR, also unless its ``fhirVersion`` is R4's."""
+    media, _, params = request.headers.get("content-type", "").partition(";")
+    if media.strip().lower() not in accepted:
         raise UnsupportedMediaType(f"Content-Type must be {' or '.join(accepted)}")
+    if fhir and not this_version(params):
+        raise UnsupportedMediaType("Content-Type names another fhirVersion: only FHIR R4 (4.0) is read")
 
 
-def _stored(pushed: Pushed, media_type: str) -> Stored:
+def _return_preference(prefer: str | None) -> tuple[bool, str | None]:
+    """``Prefer: return=…`` (FHIR R4 http.html): whether every entry gets an OperationOutcome, and the
+    ``Preference-Applied`` to answer (none for ``representation``, which is answered minimal)."""
+    for part in (prefer or "").replace(";", ",").split(","):
+        key, _, value = part.strip().partition("=")
+        if key.strip().lower() != "return":
+            continue
+        value = value.strip().strip('"').lower()
+        if value == "operationoutcome":
+            return True, "return=OperationOutcome"
+        return False, "return=minimal" if value == "minimal" else None
+    return False, None
+
+
+def _stored(pushed: Pushed, media_type: str, extra: dict[str, str] | None = None) -> Stored:
     headers = {"X-Ingest-Run": str(pushed.run_id)} if pushed.run_id is not None else {}
-    return Stored(200, media_type, headers, orjson.dumps(pushed.body))
+    return Stored(200, media_type, {**headers, **(extra or {})}, orjson.dumps(pushed.body))
 
 
 def _response(answer: Stored, replayed: bool = False) -> Response:

@@ -230,6 +230,13 @@ async def test_only_a_fhir_source_client_with_write_scopes_may_post_a_bundle(
     assert response.status_code == 403
     assert response.json()["issue"][0]["code"] == "forbidden"
     assert message in response.json()["issue"][0]["diagnostics"]
+    # RFC 6750 §3: every refusal of the token's privileges carries the challenge; a role or source
+    # refusal names no scope (none would open the route to this client).
+    challenge = response.headers["www-authenticate"]
+    if "scope" in message or "write" in message.split()[-1]:
+        assert challenge.startswith('Bearer error="insufficient_scope", scope="')
+    else:
+        assert challenge == 'Bearer error="insufficient_scope"'
     assert await stored_counts(services) == ({}, 0)
 
 
@@ -442,3 +449,253 @@ async def test_a_push_when_the_store_refuses_connections_is_503_transient(
                 assert "concord_store_unavailable_total 1.0" in metrics
     finally:
         await services.close(sign=False)
+
+
+# --- what a push refuses as asked, rather than ignore (FHIR R4 http.html, bundle.html) ---------------
+
+
+def push_headers(app: FastAPI, **extra: str) -> dict[str, str]:
+    return auth(app, EPR, **{"Content-Type": FHIR_JSON, **extra})
+
+
+def outcome_code(response: dict[str, Any]) -> str:
+    return str(response["outcome"]["issue"][0]["details"]["coding"][0]["code"])
+
+
+def a_plan(**extra: Any) -> dict[str, Any]:
+    plan = copy.deepcopy(load("UKCore-CarePlan-WellnessPlan-Example.json"))
+    plan.update(extra)
+    return plan
+
+
+async def stored_plans(services: Services) -> list[dict[str, Any]]:
+    async with services.engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT content FROM resources WHERE resource_type = 'CarePlan' ORDER BY id")
+        )
+        return [json.loads(c) for (c,) in rows.all()]
+
+
+async def test_a_modifier_extension_is_refused_not_dropped(
+    app: FastAPI, client: httpx.AsyncClient, services: Services
+) -> None:
+    plan = a_plan()
+    plan["activity"][0]["detail"]["modifierExtension"] = [
+        {"url": "https://ehr.example.nhs.uk/fhir/StructureDefinition/do-not-share", "valueBoolean": True}
+    ]
+    other = patient(B)
+    other["id"] = "someone-else"
+    response = await client.post(
+        "/fhir",
+        content=bundle(entry(patient(), 0), entry(plan, 1), entry(other, 2)),
+        headers=push_headers(app),
+    )
+    assert response.status_code == 200, response.text
+    first, second, third = (e["response"] for e in response.json()["entry"])
+    for answer in (first, second):  # the person's whole record: their Patient and plan
+        assert answer["status"] == "422 Unprocessable Entity"
+        assert outcome_code(answer) == "fhir-modifier-extension"
+        issue = answer["outcome"]["issue"][0]
+        assert (issue["code"], issue["expression"]) == (
+            "extension",
+            ["resource.activity[0].detail.modifierExtension"],
+        )
+        assert "do-not-share" not in issue["diagnostics"]
+    assert third["status"] == "201 Created"
+    async with services.engine.connect() as conn:
+        assert await count_by_type(conn) == {"Patient": 1, "Provenance": 1}  # the other person only
+
+
+async def test_a_conditional_update_whose_criteria_disagree_with_the_body_is_refused(
+    app: FastAPI, client: httpx.AsyncClient, services: Services
+) -> None:
+    """PUT Patient?identifier=…|A with a body carrying B: was stored under B."""
+    body = patient(B)
+    wrong = {"resource": body, "request": {"method": "PUT", "url": f"Patient?identifier={NHS}|{A}"}}
+    response = await client.post("/fhir", content=bundle(wrong), headers=push_headers(app))
+    [answer] = (e["response"] for e in response.json()["entry"])
+    assert answer["status"] == "400 Bad Request"
+    assert outcome_code(answer) == "fhir-conditional-mismatch"
+    assert answer["outcome"]["issue"][0]["code"] == "invalid"
+    assert A not in response.text and B not in response.text
+    assert await stored_counts(services) == ({}, 0)
+    right = {"resource": body, "request": {"method": "PUT", "url": f"Patient?identifier={NHS}%7C{B}"}}
+    response = await client.post("/fhir", content=bundle(right), headers=push_headers(app))
+    assert response.json()["entry"][0]["response"]["status"] == "201 Created"
+
+
+async def test_conditional_creates_and_reads_are_refused_not_ignored(
+    app: FastAPI, client: httpx.AsyncClient, services: Services
+) -> None:
+    for name, value in (
+        ("ifNoneExist", f"identifier={NHS}|{A}"),
+        ("ifNoneMatch", 'W/"1"'),
+        ("ifModifiedSince", "2026-01-01T00:00:00Z"),
+    ):
+        sent = {"resource": patient(), "request": {"method": "POST", "url": "Patient", name: value}}
+        response = await client.post(
+            "/fhir", content=bundle(sent, entry(a_plan(), 1)), headers=push_headers(app)
+        )
+        for answer in (e["response"] for e in response.json()["entry"]):
+            assert answer["status"] == "400 Bad Request", name
+            assert outcome_code(answer) == "fhir-conditional-not-supported"
+            assert answer["outcome"]["issue"][0]["code"] == "not-supported"
+            assert answer["outcome"]["issue"][0]["expression"] == [f"request.{name}"]
+    assert await stored_counts(services) == ({}, 0)
+
+
+async def test_if_match_on_a_care_plan_is_checked_against_its_stored_version(
+    app: FastAPI, client: httpx.AsyncClient, services: Services
+) -> None:
+    plan = a_plan(id="cp-1")
+
+    def update(tag: str, title: str) -> bytes:
+        changed = {**plan, "title": title}
+        put = {"resource": changed, "request": {"method": "PUT", "url": "CarePlan/cp-1", "ifMatch": tag}}
+        return bundle(entry(patient(), 0), put)
+
+    response = await client.post("/fhir", content=update('W/"1"', "first"), headers=push_headers(app))
+    statuses = [e["response"]["status"] for e in response.json()["entry"]]
+    assert statuses == ["412 Precondition Failed"] * 2  # not stored yet: nothing to match
+    assert outcome_code(response.json()["entry"][1]["response"]) == "fhir-precondition-failed"
+    assert await stored_counts(services) == ({}, 0)
+    created = await client.post(
+        "/fhir", content=bundle(entry(patient(), 0), entry(plan, 1)), headers=push_headers(app)
+    )
+    etag = created.json()["entry"][1]["response"]["etag"]
+    assert etag == 'W/"1"'
+    response = await client.post("/fhir", content=update(etag, "second"), headers=push_headers(app))
+    assert response.json()["entry"][1]["response"]["etag"] == 'W/"2"'
+    response = await client.post("/fhir", content=update(etag, "third"), headers=push_headers(app))
+    assert response.json()["entry"][1]["response"]["status"] == "412 Precondition Failed"  # now at 2
+    assert [p.get("title") for p in await stored_plans(services)] == ["second"]
+
+
+async def test_bundle_invariants_are_kept(
+    app: FastAPI, client: httpx.AsyncClient, services: Services
+) -> None:
+    twice = entry(patient(B), 0)
+    response = await client.post(
+        "/fhir", content=bundle(entry(patient(), 0), twice), headers=push_headers(app)
+    )
+    assert response.status_code == 400  # bdl-7: two entries with one fullUrl
+    assert "same fullUrl" in response.json()["issue"][0]["diagnostics"]
+    response = await client.post(
+        "/fhir", content=bundle(entry(patient(), 0), kind="collection"), headers=push_headers(app)
+    )
+    assert response.status_code == 400  # only a transaction or batch is processed
+    assert "transaction or batch" in response.json()["issue"][0]["diagnostics"]
+    assert await stored_counts(services) == ({}, 0)
+    no_request = {"resource": patient(B)}
+    lower = {"resource": patient(A), "request": {"method": "put", "url": "Patient"}}
+    response = await client.post(
+        "/fhir", content=bundle(no_request, lower, kind="batch"), headers=push_headers(app)
+    )
+    answers = [e["response"] for e in response.json()["entry"]]
+    assert [(a["status"], outcome_code(a), a["outcome"]["issue"][0]["expression"]) for a in answers] == [
+        ("422 Unprocessable Entity", "fhir-invalid-entry", ["request"]),
+        ("422 Unprocessable Entity", "fhir-invalid-entry", ["request.method"]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("headers", "query", "status"),
+    [
+        ({"Content-Type": "application/fhir+json; fhirVersion=3.0"}, "", 415),
+        ({"Content-Type": "application/fhir+json; charset=utf-8; fhirVersion=4.0"}, "", 200),
+        ({"Accept": "application/fhir+xml"}, "", 406),
+        ({"Accept": "application/fhir+json; fhirVersion=3.0"}, "", 406),
+        ({}, "?_format=xml", 406),
+        ({"Accept": "application/fhir+json"}, "?_format=json", 200),
+    ],
+)
+async def test_a_push_negotiates_content_as_the_read_api_does(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    services: Services,
+    headers: dict[str, str],
+    query: str,
+    status: int,
+) -> None:
+    response = await client.post(
+        f"/fhir{query}", content=bundle(entry(patient(), 0)), headers=push_headers(app, **headers)
+    )
+    assert response.status_code == status, response.text
+    if status != 200:
+        assert response.json()["issue"][0]["code"] == "not-supported"
+        assert await stored_counts(services) == ({}, 0)
+
+
+async def test_prefer_return_operation_outcome_gives_every_entry_an_outcome(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    response = await client.post(
+        "/fhir", content=mixed_bundle(), headers=push_headers(app, Prefer="return=OperationOutcome")
+    )
+    assert response.headers["preference-applied"] == "return=OperationOutcome"
+    answers = [e["response"] for e in response.json()["entry"]]
+    assert all(a["outcome"]["resourceType"] == "OperationOutcome" for a in answers)
+    assert answers[0]["outcome"]["issue"][0]["severity"] == "information"
+    assert all(set(e) == {"response"} for e in response.json()["entry"])  # outcomes, never resources
+    minimal = await client.post(
+        "/fhir", content=mixed_bundle(), headers=push_headers(app, Prefer="return=minimal")
+    )
+    assert minimal.headers["preference-applied"] == "return=minimal"
+    assert "outcome" not in minimal.json()["entry"][0]["response"]
+    # representation is not honoured (a Patient's would be the shared Patient): answered minimal, and not claimed
+    representation = await client.post(
+        "/fhir", content=mixed_bundle(), headers=push_headers(app, Prefer="return=representation")
+    )
+    assert "preference-applied" not in representation.headers
+    assert all("resource" not in e for e in representation.json()["entry"])
+
+
+async def test_references_between_entries_are_stored_as_the_ids_given_here(
+    app: FastAPI, client: httpx.AsyncClient, services: Services
+) -> None:
+    first = a_plan(id="cp-1")
+    practitioner = {"resourceType": "Practitioner", "id": "pr1", "name": [{"family": "Ward"}]}
+    second = a_plan(
+        id="cp-2",
+        basedOn=[{"reference": "urn:uuid:00000000-0000-4000-8000-000000000001"}],
+        contained=[practitioner],
+        author={"reference": "#pr1"},
+    )
+    second_entry = {
+        "fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000002",
+        "resource": second,
+        "request": {"method": "POST", "url": "CarePlan"},
+    }
+    response = await client.post(
+        "/fhir", content=bundle(entry(patient(), 0), entry(first, 1), second_entry), headers=push_headers(app)
+    )
+    locations = [e["response"]["location"] for e in response.json()["entry"]]
+    first_id = locations[1].split("/")[1]
+    stored = {p["id"]: p for p in await stored_plans(services)}
+    assert stored[locations[2].split("/")[1]]["basedOn"] == [{"reference": f"CarePlan/{first_id}"}]
+    assert stored[locations[2].split("/")[1]]["author"] == {"reference": "#pr1"}
+    assert stored[locations[2].split("/")[1]]["contained"] == [practitioner]
+
+
+async def test_a_council_ods_code_in_lower_case_updates_the_same_plans(
+    app: FastAPI, client: httpx.AsyncClient, services: Services
+) -> None:
+    council = Principal("e09-push", "A Borough", "E09000031", Role.SOURCE, COUNCIL.scopes, "social-care")
+    json_type = {"Content-Type": "application/json"}
+    for ods in ("E09000031", "e09000031"):
+        response = await client.post(
+            "/ingest/social-care", content=social_care_export(ods), headers=auth(app, council, **json_type)
+        )
+        assert response.status_code == 200, response.text
+    assert response.json()["unchanged"] == 1  # the same case, not a second copy
+    [plan] = await stored_plans(services)
+    assert plan["identifier"][0]["system"].endswith("/social-care-care-plan/E09000031")
+
+
+async def test_metadata_declares_the_conditional_updates_a_push_honours(client: httpx.AsyncClient) -> None:
+    rest = (await client.get("/fhir/metadata")).json()["rest"][0]
+    by_type = {r["type"]: r for r in rest["resource"]}
+    assert (
+        by_type["Patient"]["conditionalUpdate"] is True and by_type["CarePlan"]["conditionalUpdate"] is True
+    )
+    assert "conditionalCreate" not in by_type["Patient"] and "conditionalUpdate" not in by_type["Consent"]

@@ -462,3 +462,14 @@ def test_identifier_changes_retire_the_number_mrg_names(event: str) -> None:
     new = "PID|1||H2^^^R9Z01^MR~9990000018^^^NHS^NH||Smith^Ann||19500102|F"
     record = only_record(read_bytes(adt(new, "MRG|H1^^^R9Z01^MR", event=event)))
     assert (record.local_id, record.fields["replaces_local_id"]) == ("H2", "H1")
+
+
+def test_ods_codes_are_read_as_ods_writes_them() -> None:
+    message = adt(PID, "PD1|||Practice^^y90001", "PV1|1|I|||||||||||||||||V1", event="A03").replace(
+        b"|R9Z01|CONCORD", b"|r9z01|CONCORD"
+    )
+    message += b"OBX|1|CWE|FOLLOWUP^Follow-up^L|1|GPREVIEW^Review by GP^L||||||F|||20260412|||||||||Surgery^^y90002\r"
+    record = only_record(read_bytes(message))
+    assert record.fields["source_ods"] == "R9Z01"
+    assert record.fields["registered_practice_ods"] == "Y90001"
+    assert record.fields["care_plans"][0]["activities"][0]["performer_ods"] == "Y90002"

@@ -229,3 +229,15 @@ def test_a_line_naming_a_member_twice_says_which_and_stays_quarantined_on_replay
     assert item.raw == line
     (again,) = CommunityAdapter().reread(item.raw, item.location)
     assert isinstance(again, RecordError) and again.reason == "json-duplicate-name"
+
+
+def test_ods_codes_are_read_as_ods_writes_them() -> None:
+    line = a_line(provider_ods=" r9z02", registered_gp_ods="y90003")
+    line["plan"]["care_team"] = [
+        {"role": "LEAD_PROFESSIONAL", "name": "Joan Ward", "organisation_ods": "r9z02"}
+    ]
+    [record] = read(text(line))
+    assert isinstance(record, SourceRecord)
+    assert (record.fields["source_ods"], record.fields["provider_ods"]) == ("R9Z02", "R9Z02")
+    assert record.fields["registered_gp_ods"] == "Y90003"
+    assert record.fields["care_plans"][0]["care_team"][0]["organisation_ods"] == "R9Z02"

@@ -288,7 +288,7 @@ def test_entry_errors_keep_their_place_and_the_rest_is_read() -> None:
     assert errors(items)[4].detail.startswith("Observation entries are not accepted")
 
 
-@pytest.mark.parametrize("method", ["GET", "HEAD", "PATCH", "OPTIONS"])
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PATCH"])
 def test_only_creates_and_updates_are_taken(method: str) -> None:
     items = read(bundle(entry(richard(), method=method), entry(with_number(richard(), "9990000026"))))
     assert [(i.location, i.reason) for i in errors(items)] == [("entry 0", "fhir-method-not-supported")]
@@ -309,7 +309,11 @@ TYPE_DIFFERS = "request.url names another resource type than the resource"
         ("PUT", "CarePlan/p1", TYPE_DIFFERS),
         ("PUT", "Patient/p1", None),
         ("PUT", "https://ehr.example.nhs.uk/fhir/Patient/p1", None),
-        ("PUT", f"Patient?identifier={NHS}|{TEST_NUMBER}", None),  # a conditional update
+        (
+            "PUT",
+            f"Patient?identifier={NHS}|9912003888",
+            None,
+        ),  # a conditional update naming the body's number
         ("POST", "Patient", None),
         ("POST", "https://ehr.example.nhs.uk/fhir/Patient/", None),
     ],
@@ -404,3 +408,266 @@ def test_every_example_patient_is_a_record(path: Path) -> None:
     assert isinstance(record, SourceRecord)
     assert record.fields["patient"] == patient
     assert record.fields["nhs_number"] == ("9912003888" if "RichardSmith" in path.name else "")
+
+
+# --- what cannot be processed as if it were absent (FHIR R4 extensibility, resource.html) ----------
+
+MODIFIER = [
+    {"url": "https://ehr.example.nhs.uk/fhir/StructureDefinition/not-for-sharing", "valueBoolean": True}
+]
+
+
+def a_plan(**extra: Any) -> dict[str, Any]:
+    plan: dict[str, Any] = {
+        "resourceType": "CarePlan",
+        "status": "active",
+        "intent": "plan",
+        "subject": {"reference": "Patient/UKCore-Patient-RichardSmith-Example"},
+        "activity": [{"detail": {"kind": "ServiceRequest", "status": "scheduled"}}],
+    }
+    plan.update(extra)
+    return plan
+
+
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [
+        ("patient", "resource.modifierExtension"),
+        ("plan", "resource.modifierExtension"),
+        ("activity", "resource.activity[0].modifierExtension"),
+        ("detail", "resource.activity[0].detail.modifierExtension"),
+        ("contained", "resource.contained[0].modifierExtension"),
+        ("request", "request.modifierExtension"),
+    ],
+)
+def test_a_modifier_extension_quarantines_the_whole_record(where: str, field: str) -> None:
+    patient, plan = richard(), a_plan()
+    plan_entry = entry(plan)
+    if where == "patient":
+        patient["modifierExtension"] = MODIFIER
+    elif where == "plan":
+        plan["modifierExtension"] = MODIFIER
+    elif where == "activity":
+        plan["activity"][0]["modifierExtension"] = MODIFIER
+    elif where == "detail":
+        plan["activity"][0]["detail"]["modifierExtension"] = MODIFIER
+    elif where == "contained":
+        plan["contained"] = [{"resourceType": "Goal", "id": "g", "modifierExtension": MODIFIER}]
+    else:
+        plan_entry["request"]["modifierExtension"] = MODIFIER
+    other = with_number(richard(), "9990000026")
+    other["id"] = "someone-else"
+    items = read(bundle(entry(patient), plan_entry, entry(other)))
+    [error] = errors(items)
+    assert (error.location, error.reason, error.field) == ("entry 0", "fhir-modifier-extension", field)
+    assert error.detail.startswith(f"entry {0 if where == 'patient' else 1}: {field} is a modifier extension")
+    assert "not-for-sharing" not in error.detail  # the path, never the values
+    assert len(records(items)) == 1  # the other person's record is read as usual
+    assert list(FhirBundleAdapter().reread(error.raw, error.location)) == [error]
+
+
+@pytest.mark.parametrize("contained", [False, True])
+def test_implicit_rules_quarantine_the_whole_record(contained: bool) -> None:
+    rules = "https://ehr.example.nhs.uk/fhir/rules/local-v2"
+    plan = (
+        a_plan(contained=[{"resourceType": "Goal", "id": "g", "implicitRules": rules}])
+        if contained
+        else a_plan()
+    )
+    patient = richard() if contained else {**richard(), "implicitRules": rules}
+    [error] = read(bundle(entry(patient), entry(plan)))
+    assert isinstance(error, RecordError)
+    assert error.reason == "fhir-implicit-rules"
+    assert error.field == ("resource.contained[0].implicitRules" if contained else "resource.implicitRules")
+    assert rules not in error.detail
+
+
+def test_a_bundle_with_implicit_rules_is_not_read() -> None:
+    with pytest.raises(AdapterError, match="implicitRules"):
+        read(bundle(entry(richard()), implicitRules="https://ehr.example.nhs.uk/fhir/rules/bundle"))
+
+
+# --- conditional interactions: honoured or refused, never ignored (FHIR R4 http.html) --------------
+
+
+def conditional(resource: dict[str, Any], **request: str) -> dict[str, Any]:
+    return {"resource": resource, "request": {"method": "POST", "url": resource["resourceType"], **request}}
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        ({"ifNoneExist": f"identifier={NHS}|9912003888"}, "request.ifNoneExist"),
+        ({"ifNoneMatch": 'W/"1"'}, "request.ifNoneMatch"),
+        ({"ifModifiedSince": "2026-01-01T00:00:00Z"}, "request.ifModifiedSince"),
+        (
+            {"method": "PUT", "url": "Patient/UKCore-Patient-RichardSmith-Example", "ifMatch": 'W/"1"'},
+            "request.ifMatch",
+        ),
+        ({"method": "PUT", "url": "Patient?name=Smith"}, "request.url"),
+        ({"method": "PUT", "url": "Patient?identifier=https://ehr.example.nhs.uk/mrn|123"}, "request.url"),
+        (
+            {"method": "PUT", "url": f"Patient?identifier={NHS}|9912003888&birthdate=1970-01-01"},
+            "request.url",
+        ),
+        (
+            {"url": f"Patient?identifier={NHS}|9912003888"},
+            "request.url",
+        ),  # a POST: conditional create is ifNoneExist
+    ],
+)
+def test_conditional_interactions_this_gateway_cannot_honour_are_refused(
+    request_: dict[str, str], field: str
+) -> None:
+    items = read(bundle(conditional(richard(), **request_), entry(a_plan())))
+    [error] = items
+    assert isinstance(error, RecordError)
+    assert (error.reason, error.field) == ("fhir-conditional-not-supported", field)
+    assert "9912003888" not in error.detail
+
+
+def test_a_conditional_update_naming_another_nhs_number_than_the_body_is_refused() -> None:
+    """The probe's case: PUT Patient?identifier=...|A with a body carrying B was stored under B."""
+    url = f"Patient?identifier={NHS}|{TEST_NUMBER}"
+    [error] = read(bundle(conditional(richard(), method="PUT", url=url)))
+    assert isinstance(error, RecordError)
+    assert (error.reason, error.field) == ("fhir-conditional-mismatch", "request.url")
+    assert TEST_NUMBER not in error.detail and "9912003888" not in error.detail
+    for agreeing in (f"Patient?identifier={NHS}|9912003888", f"Patient?identifier={NHS}%7C991%20200%203888"):
+        [record] = read(bundle(conditional(richard(), method="PUT", url=agreeing)))
+        assert isinstance(record, SourceRecord)
+
+
+def test_a_conditional_update_of_a_care_plan_is_keyed_on_its_identifier() -> None:
+    ident = {"system": "https://ehr.example.nhs.uk/care-plan", "value": "CP-42"}
+    plan = a_plan(identifier=[{"system": "https://ehr.example.nhs.uk/other", "value": "X"}, ident])
+    url = f"CarePlan?identifier={ident['system']}|{ident['value']}"
+    [record] = read(bundle(entry(richard()), conditional(plan, method="PUT", url=url)))
+    assert isinstance(record, SourceRecord)
+    assert record.fields["care_plans"][0]["local_id"] == "https://ehr.example.nhs.uk/care-plan|CP-42"
+    other = f"CarePlan?identifier={ident['system']}|CP-43"
+    [error] = read(bundle(entry(richard()), conditional(plan, method="PUT", url=other)))
+    assert isinstance(error, RecordError)
+    assert (error.reason, error.field) == ("fhir-conditional-mismatch", "request.url")
+
+
+def test_if_match_is_taken_on_care_plan_updates_only_when_the_caller_checks_it() -> None:
+    plan = {**a_plan(), "id": "cp1"}
+    sent = bundle(entry(richard()), conditional(plan, method="PUT", url="CarePlan/cp1", ifMatch='W/"2"'))
+    [error] = read(sent)  # the command line cannot compare it with the store: refused, not ignored
+    assert isinstance(error, RecordError) and error.reason == "fhir-conditional-not-supported"
+    [record] = read(sent, FhirBundleAdapter(checks_if_match=True))  # POST /fhir compares it
+    assert isinstance(record, SourceRecord)
+
+
+# --- Bundle invariants (bdl-3, bdl-7) and the request element ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (None, "request"),
+        ("POST", "request"),
+        ({"method": "post", "url": "Patient"}, "request.method"),
+        ({"method": "OPTIONS", "url": "Patient"}, "request.method"),
+        ({"url": "Patient"}, "request.method"),
+        ({"method": "POST"}, "request.url"),
+        ({"method": "POST", "url": ["Patient"]}, "request.url"),
+    ],
+)
+def test_a_transaction_or_batch_entry_must_say_what_to_do(request_: Any, field: str) -> None:
+    for kind in ("transaction", "batch"):
+        bad: dict[str, Any] = {"resource": with_number(richard(), "9990000026")}
+        if request_ is not None:
+            bad["request"] = request_
+        items = read(bundle(bad, entry(richard()), kind=kind))
+        [error] = errors(items)
+        assert (error.location, error.reason, error.field) == ("entry 0", "fhir-invalid-entry", field)
+        assert len(records(items)) == 1
+
+
+def test_two_entries_with_one_full_url_are_refused_whole() -> None:
+    url = "urn:uuid:0d2f7c61-7d37-4c55-8c5c-1f1f1f1f1f1f"
+    with pytest.raises(AdapterError, match="entries 0 and 2 have the same fullUrl"):
+        read(bundle(entry(richard(), url), entry(a_plan()), entry(with_number(richard(), "9990000026"), url)))
+    versions = [
+        {**with_number(richard(), n), "meta": {"versionId": v}}
+        for n, v in (("9990000026", "1"), (TEST_NUMBER, "2"))
+    ]
+    assert len(records(read(bundle(*(entry(p, url) for p in versions))))) == 2  # bdl-7 allows other versions
+
+
+# --- references between entries --------------------------------------------------------------------
+
+
+def test_references_to_another_plan_of_the_record_name_its_local_id() -> None:
+    first = {**a_plan(), "identifier": [{"system": "https://ehr.example.nhs.uk/care-plan", "value": "CP-1"}]}
+    second = a_plan(
+        basedOn=[{"reference": "urn:uuid:aaaaaaaa-0000-4000-8000-000000000001"}],
+        replaces=[{"reference": "CarePlan/cp-old", "display": "an older plan"}],
+    )
+    someone_else = {
+        **a_plan(),
+        "subject": {"identifier": {"system": NHS, "value": "9990000026"}},
+        "id": "cp-other",
+    }
+    second["partOf"] = [{"reference": "CarePlan/cp-other"}]
+    [record, other] = records(
+        read(
+            bundle(
+                entry(richard()),
+                entry(first, "urn:uuid:aaaaaaaa-0000-4000-8000-000000000001"),
+                entry(second),
+                entry(someone_else),
+            ),
+            FhirBundleAdapter(sender_ods="Y90001"),
+        )
+    )
+    assert other.fields["nhs_number"] == "9990000026"
+    plan = record.fields["care_plans"][1]
+    assert plan["basedOn"] == [{"reference": "concord-plan:https://ehr.example.nhs.uk/care-plan|CP-1@Y90001"}]
+    assert plan["replaces"] == [
+        {"reference": "CarePlan/cp-old", "display": "an older plan"}
+    ]  # not in the Bundle
+    assert plan["partOf"] == [
+        {"reference": "CarePlan/cp-other"}
+    ]  # another person's plan: left for the mapper
+
+
+# --- NHS number verification status: UK Core's England and Wales code systems ----------------------
+
+WALES = "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusWales"
+ENGLAND = "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusEngland"
+
+
+def with_status(*codings: dict[str, str]) -> dict[str, Any]:
+    patient = richard()
+    patient["identifier"][0]["extension"][0]["valueCodeableConcept"] = {"coding": list(codings)}
+    return patient
+
+
+@pytest.mark.parametrize(
+    ("codings", "england", "wales"),
+    [
+        ([{"system": WALES, "code": "nn"}], [], ["nn"]),
+        ([{"system": WALES, "code": "02"}], [], ["02"]),  # Wales's 02, never rewritten as England's
+        ([{"system": ENGLAND, "code": "02"}], ["02"], []),
+        ([{"system": WALES, "code": "01"}, {"system": ENGLAND, "code": "01"}], ["01"], []),
+    ],
+)
+def test_a_verification_status_stays_in_its_own_code_system(
+    codings: list[dict[str, str]], england: list[str], wales: list[str]
+) -> None:
+    [record] = read(bundle(entry(with_status(*codings))))
+    assert isinstance(record, SourceRecord)
+    assert record.fields["nhs_number_verification"] == england
+    assert record.fields["nhs_number_verification_wales"] == wales
+
+
+@pytest.mark.parametrize(
+    "coding", [{"code": "01"}, {"system": "https://ehr.example.nhs.uk/status", "code": "01"}]
+)
+def test_a_verification_status_in_no_uk_core_system_is_not_guessed(coding: dict[str, str]) -> None:
+    [error] = read(bundle(entry(with_status(coding))))
+    assert isinstance(error, RecordError)
+    assert (error.reason, error.field) == ("unknown-code", "identifier.extension")

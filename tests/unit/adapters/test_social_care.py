@@ -345,3 +345,17 @@ def test_a_name_that_is_not_shaped_like_a_field_is_not_quoted() -> None:
     case = json.dumps(a_case()).replace('"person_id": ', '"Hughes 1936": 1, "Hughes 1936": ', 1)
     (item,) = read('{"export": ' + json.dumps(HEADER) + ', "cases": [' + case + "]}")
     assert isinstance(item, RecordError) and item.detail == "an object names a name twice"
+
+
+def test_ods_codes_are_read_as_ods_writes_them() -> None:
+    """A council that writes its code in lower case lands on the same records (ids are keyed on it)."""
+    case = a_case(person_id=7000999)
+    case["person"]["gp_practice_ods"] = " y90004 "
+    case["care_and_support_plans"][0]["services"][0]["provider"] = {"name": "Homecare", "ods_code": "y9h01"}
+    [record] = read(document(case, header={**HEADER, "council_ods": " e09000031 "}))
+    assert isinstance(record, SourceRecord)
+    assert (record.local_id, record.fields["source_ods"]) == ("7000999@E09000031", "E09000031")
+    assert record.fields["person"]["gp_practice_ods"] == "Y90004"
+    assert record.fields["care_plans"][0]["services"][0]["provider"]["ods_code"] == "Y9H01"
+    [again] = SocialCareAdapter().reread(record.raw, record.location)
+    assert again == record

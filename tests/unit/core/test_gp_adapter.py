@@ -395,3 +395,8 @@ def test_a_header_naming_a_column_twice_is_refused() -> None:
     header = ",".join([*COLUMNS, "nhs_number"]) + "\n"
     with pytest.raises(AdapterError, match="twice: nhs_number"):
         read(header + line().rstrip("\n") + ",9990000026\n")
+
+
+def test_the_practice_ods_code_is_read_as_ods_writes_it() -> None:
+    [record] = records(HEADER + line(practice_ods="y90001"))
+    assert record.fields["practice_ods"] == "Y90001"

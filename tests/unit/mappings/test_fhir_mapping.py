@@ -2,8 +2,9 @@
 
 Every mapped record runs through the same invariants: each resource validates,
 ids are unique, the CarePlan's subject is the shared Patient, a ``#`` reference
-names a contained resource, and no other reference names a Patient, CarePlan or
-Provenance (those would be the sender's ids, or someone else's here).
+names a contained resource, every contained resource is referenced (dom-3), and
+any other literal reference names the person's shared Patient or a CarePlan of the
+same record (anything else would be the sender's ids, or someone else's here).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def bundle(*resources: dict[str, Any], **extra: Any) -> dict[str, Any]:
         {
             "fullUrl": f"urn:uuid:00000000-0000-4000-8000-{n:012d}",
             "resource": r,
-            "request": {"method": "POST"},
+            "request": {"method": "POST", "url": r.get("resourceType", "")},
         }
         for n, r in enumerate(resources)
     ]
@@ -107,12 +108,17 @@ def check(mapped: MappedRecord) -> None:
         assert resource["meta"]["profile"] == [UKCORE_CAREPLAN]
         assert resource["subject"] == {"reference": f"Patient/{mapped.patient_id}"}
         contained = {f"#{c['id']}" for c in resource.get("contained", [])}
-        for path, ref in references(resource):
+        own = {f"Patient/{mapped.patient_id}"} | {
+            f"CarePlan/{r['id']}" for r in mapped.resources if r["resourceType"] == "CarePlan"
+        }
+        found = references(resource)
+        for path, ref in found:
             if path == ".subject":
                 continue
             if ref.startswith("#"):
                 assert ref in contained, path
-            assert not ref.startswith(STORED_TYPES), (path, ref)
+            assert not ref.startswith(STORED_TYPES) or ref in own, (path, ref)
+        assert contained <= {ref for _, ref in found}, "an unreferenced contained resource"
 
 
 def test_ukcore_patient_and_care_plan(mapper: Mapper) -> None:
@@ -359,3 +365,231 @@ def test_references_that_could_name_stored_resources_keep_identifier_and_display
     assert "basedOn" not in care_plan
     assert care_plan["supportingInfo"] == [{"display": "a relative"}]
     assert care_plan["note"] == [{"text": "reviewed"}]
+
+
+# --- references inside the pushed Bundle, contained resources (dom-3), what else is carried ---------
+
+WALES = "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusWales"
+
+
+def a_plan(**extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "CarePlan",
+        "status": "active",
+        "intent": "plan",
+        "subject": {"reference": "Patient/p1"},
+        **extra,
+    }
+
+
+def test_references_between_plans_of_one_push_name_the_ids_given_here(mapper: Mapper) -> None:
+    """basedOn, partOf and replaces pointing at another CarePlan entry's urn:uuid (FHIR transaction rule)."""
+    patient = with_number({"resourceType": "Patient", "id": "p1"})
+    old = a_plan(identifier=[{"system": "https://ehr.example.nhs.uk/care-plan", "value": "CP-1"}])
+    new = a_plan(
+        id="cp-2",
+        basedOn=[{"reference": "urn:uuid:00000000-0000-4000-8000-000000000001"}],
+        replaces=[{"reference": "urn:uuid:00000000-0000-4000-8000-000000000001", "display": "the old plan"}],
+        partOf=[{"reference": "CarePlan/elsewhere", "display": "held at the sender"}],
+        supportingInfo=[{"reference": "urn:uuid:00000000-0000-4000-8000-000000000001"}],
+    )
+    mapped = map_one(mapper, bundle(patient, old, new))
+    [old_plan, _, new_plan, _] = mapped.resources
+    target = f"CarePlan/{old_plan['id']}"
+    assert new_plan["basedOn"] == [{"reference": target}]
+    assert new_plan["replaces"] == [{"reference": target, "display": "the old plan"}]
+    assert new_plan["supportingInfo"] == [{"reference": target}]
+    assert new_plan["partOf"] == [{"display": "held at the sender"}]  # a reference that resolves nowhere here
+
+
+def test_a_reference_to_another_persons_plan_is_not_stored(mapper: Mapper) -> None:
+    mine = with_number({"resourceType": "Patient", "id": "p1"})
+    theirs = with_number({"resourceType": "Patient", "id": "p2"}, "9990000026")
+    their_plan = {**a_plan(id="cp-theirs"), "subject": {"reference": "Patient/p2"}}
+    my_plan = a_plan(basedOn=[{"reference": "CarePlan/cp-theirs", "display": "a relative's plan"}])
+    found = records(bundle(mine, theirs, their_plan, my_plan))
+    mapped = [mapper.map(r) for r in found]
+    for m in mapped:
+        check(m)
+    [plan] = [
+        r
+        for m in mapped
+        if m.nhs_number == TEST_NUMBER
+        for r in m.resources
+        if r["resourceType"] == "CarePlan"
+    ]
+    assert plan["basedOn"] == [{"display": "a relative's plan"}]
+
+
+def test_references_to_contained_resources_are_kept_and_unreferenced_ones_dropped(mapper: Mapper) -> None:
+    """The probe's plan: author, performer and supportingInfo named contained resources by #id."""
+    practitioner = {"resourceType": "Practitioner", "id": "pr1", "name": [{"family": "Ward"}]}
+    report = {
+        "resourceType": "DocumentReference",
+        "id": "r4b",
+        "status": "current",
+        "content": [{"attachment": {"title": "assessment"}}],
+    }
+    orphan = {
+        "resourceType": "Goal",
+        "id": "unused",
+        "lifecycleStatus": "active",
+        "description": {"text": "x"},
+        "subject": {"display": "the person"},
+    }
+    plan = a_plan(
+        contained=[practitioner, report, orphan],
+        author={"reference": "#pr1"},
+        contributor=[{"reference": "#pr1"}],
+        supportingInfo=[{"reference": "#r4b"}, {"reference": "#missing", "display": "not sent"}],
+        activity=[{"detail": {"status": "scheduled", "performer": [{"reference": "#pr1"}]}}],
+    )
+    [care_plan, _] = map_one(
+        mapper, bundle(with_number({"resourceType": "Patient", "id": "p1"}), plan)
+    ).resources
+    assert care_plan["author"] == {"reference": "#pr1"}
+    assert care_plan["contributor"] == [{"reference": "#pr1"}]
+    assert care_plan["supportingInfo"] == [{"reference": "#r4b"}, {"display": "not sent"}]
+    assert care_plan["activity"][0]["detail"]["performer"] == [{"reference": "#pr1"}]
+    assert [c["id"] for c in care_plan["contained"]] == ["pr1", "r4b"]  # dom-3: the orphan Goal is not kept
+
+
+def test_a_contained_resource_named_only_by_another_dropped_one_goes_too(mapper: Mapper) -> None:
+    condition = {"resourceType": "Condition", "id": "c1", "subject": {"display": "the person"}}
+    goal = {
+        "resourceType": "Goal",
+        "id": "g1",
+        "lifecycleStatus": "active",
+        "description": {"text": "x"},
+        "subject": {"display": "the person"},
+        "addresses": [{"reference": "#c1"}],
+    }
+    kept = {**goal, "id": "g2"}
+    plan = a_plan(contained=[condition, goal, kept], goal=[{"reference": "#g2"}])
+    [care_plan, _] = map_one(
+        mapper, bundle(with_number({"resourceType": "Patient", "id": "p1"}), plan)
+    ).resources
+    assert [c["id"] for c in care_plan["contained"]] == ["c1", "g2"]  # g2 names c1; nothing names g1
+    plan["goal"] = []
+    [care_plan, _] = map_one(
+        mapper, bundle(with_number({"resourceType": "Patient", "id": "p1"}), plan)
+    ).resources
+    assert "contained" not in care_plan
+
+
+def test_literal_references_to_someone_else_are_not_stored_in_contained_resources_or_extensions(
+    mapper: Mapper,
+) -> None:
+    """A contained Goal's subject and a valueReference naming another person's shared Patient here."""
+    other_id = mapper.ids.patient("9990000026")
+    goal = {
+        "resourceType": "Goal",
+        "id": "g1",
+        "lifecycleStatus": "active",
+        "description": {"text": "Walk to the shops"},
+        "subject": {"reference": f"Patient/{other_id}", "display": "Walk with her husband"},
+    }
+    extension = [
+        {
+            "url": "https://ehr.example.nhs.uk/fhir/StructureDefinition/carer",
+            "valueReference": {"reference": f"Patient/{other_id}"},
+        },
+        {
+            "url": "https://ehr.example.nhs.uk/fhir/StructureDefinition/self",
+            "valueReference": {"reference": "Patient/p1"},
+        },
+    ]
+    plan = a_plan(contained=[goal], goal=[{"reference": "#g1"}], extension=extension)
+    patient = with_number({"resourceType": "Patient", "id": "p1"})
+    patient["extension"] = [extension[0]]
+    mapped = map_one(mapper, bundle(patient, plan))
+    [care_plan, _] = mapped.resources
+    assert other_id not in json.dumps(mapped.contribution) and other_id not in json.dumps(care_plan)
+    assert care_plan["contained"][0]["subject"] == {"display": "Walk with her husband"}
+    # the person's own Patient entry: a reference by NHS number, which names the shared Patient
+    assert care_plan["extension"] == [  # the first, its reference gone, says nothing (ext-1): dropped
+        {
+            "url": extension[1]["url"],
+            "valueReference": {
+                "type": "Patient",
+                "identifier": {"system": NHS_NUMBER_SYSTEM, "value": TEST_NUMBER},
+            },
+        },
+    ]
+
+
+def test_a_contained_goal_whose_subject_was_someone_else_alone_is_quarantined_by_validation(
+    mapper: Mapper,
+) -> None:
+    other_id = mapper.ids.patient("9990000026")
+    goal = {
+        "resourceType": "Goal",
+        "id": "g1",
+        "lifecycleStatus": "active",
+        "description": {"text": "x"},
+        "subject": {"reference": f"Patient/{other_id}"},
+    }
+    [record] = records(
+        bundle(
+            with_number({"resourceType": "Patient", "id": "p1"}),
+            a_plan(contained=[goal], goal=[{"reference": "#g1"}]),
+        )
+    )
+    [care_plan, _] = mapper.map(record).resources
+    with pytest.raises(ValidationFailure, match=r"contained\.0\.subject"):
+        validate(
+            care_plan
+        )  # Goal.subject is required: the record is quarantined, never stored pointing elsewhere
+
+
+def test_activity_and_detail_extensions_and_the_language_are_carried(mapper: Mapper) -> None:
+    title = {
+        "url": "http://hl7.org/fhir/StructureDefinition/careplan-activity-title",
+        "valueString": "Home visit",
+    }
+    local = {
+        "url": "https://ehr.example.nhs.uk/fhir/StructureDefinition/visit-length",
+        "valueDuration": {"value": 30, "unit": "min"},
+    }
+    plan = a_plan(
+        language="en-GB",
+        activity=[{"extension": [title], "detail": {"status": "scheduled", "extension": [local]}}],
+    )
+    [care_plan, _] = map_one(
+        mapper, bundle(with_number({"resourceType": "Patient", "id": "p1"}), plan)
+    ).resources
+    assert care_plan["language"] == "en-GB"
+    assert care_plan["activity"] == [
+        {"extension": [title], "detail": {"status": "scheduled", "extension": [local]}}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("system", "code", "display"),
+    [
+        (WALES, "nn", "Number present and traced using Welsh NHS AR"),
+        (WALES, "02", "Number present but not traced"),
+        (VERIFICATION_SYSTEM, "02", "Number present but not traced"),
+    ],
+)
+def test_a_verification_status_is_kept_in_the_code_system_it_was_sent_in(
+    mapper: Mapper, system: str, code: str, display: str
+) -> None:
+    patient = load(UKCORE / "UKCore-Patient-RichardSmith-Example.json")
+    patient["identifier"][0]["extension"][0]["valueCodeableConcept"] = {
+        "coding": [{"system": system, "code": code}]
+    }
+    mapped = map_one(mapper, bundle(patient))
+    [status] = mapped.contribution["identifier"][0]["extension"]
+    assert status["valueCodeableConcept"]["coding"] == [{"system": system, "code": code, "display": display}]
+
+
+def test_an_unknown_wales_status_is_quarantined(mapper: Mapper) -> None:
+    patient = load(UKCORE / "UKCore-Patient-RichardSmith-Example.json")
+    patient["identifier"][0]["extension"][0]["valueCodeableConcept"] = {
+        "coding": [{"system": WALES, "code": "NN"}]
+    }
+    [record] = records(bundle(patient))
+    with pytest.raises(MappingError) as caught:
+        mapper.map(record)
+    assert caught.value.issue.reason == "unknown-code"

@@ -1,0 +1,209 @@
+"""What one entry of a pushed Bundle asks for, and whether this gateway can do it as asked.
+
+FHIR R4 http.html (transaction, batch, conditional create and update) and bundle.html (bdl-3).
+Each check gives None or a ``Problem``: a stable reason, the field (relative to the entry:
+``request.url``, ``resource.activity[0].modifierExtension``) and a detail that never quotes a value.
+
+Checked per entry, before entries are grouped per person (the entry is quarantined alone):
+
+    fhir-invalid-entry               not an object; in a transaction or batch, no ``request`` object
+                                     (bdl-3), a method that is not an R4 HTTP verb, no ``url``; no
+                                     resource, or one without ``resourceType``
+    fhir-delete-not-supported        DELETE
+    fhir-method-not-supported        GET, HEAD, PATCH
+    fhir-url-mismatch                ``request.url`` names another type, or (PUT Type/id) another id
+
+Checked per record, once entries are grouped (the person's whole record is quarantined):
+
+    fhir-conditional-not-supported   ``ifNoneExist``, ``ifNoneMatch``, ``ifModifiedSince``; ``ifMatch``
+                                     where the caller does not check it against the store; a
+                                     conditional URL other than ``identifier=system|value``
+    fhir-conditional-mismatch        a conditional update whose identifier is not the resource's
+    fhir-modifier-extension          a ``modifierExtension`` anywhere in the entry: none is understood
+                                     here, and FHIR forbids processing the element as if it were absent
+    fhir-implicit-rules              ``implicitRules`` on the resource or a contained one
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+from urllib.parse import parse_qsl
+
+from adapters.fhir_references import NHS_NUMBER_SYSTEM, nhs_numbers, normal, stripped
+
+Problem = tuple[str, str | None, str]
+
+#: The R4 HTTPVerb codes (a required binding: upper case).
+HTTP_VERBS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"})
+#: The methods of the entries this gateway takes: creates and updates (FHIR R4 transaction processing).
+WRITE_METHODS: Final = frozenset({"POST", "PUT"})
+#: Request elements that ask for something this gateway does not do (conditional create and reads).
+_NOT_DONE: Final = {
+    "ifNoneExist": "a conditional create (ifNoneExist) is not supported: a Patient entry never makes a "
+    "second Patient here (people are keyed by NHS number), and a CarePlan is keyed by its id or "
+    "identifier; send the entry without it, or as PUT Type?identifier=system|value",
+    "ifNoneMatch": "ifNoneMatch (a conditional read) is not supported on a write",
+    "ifModifiedSince": "ifModifiedSince (a conditional read) is not supported on a write",
+}
+
+
+def entry_problem(entry: Any, bundle_type: str) -> Problem | None:
+    """Whether an entry can be read at all, and is a create or update of its own resource."""
+    if not isinstance(entry, Mapping):
+        return "fhir-invalid-entry", None, "entry is not a JSON object"
+    request: Mapping[str, Any] = {}
+    if bundle_type in ("transaction", "batch"):
+        problem = _request_problem(entry.get("request"))
+        if problem is not None:
+            return problem
+        request = entry["request"]
+    elif isinstance(entry.get("request"), Mapping):
+        request = entry["request"]  # a collection entry (read by the command line) need not have one
+    method = request.get("method")
+    method = method if isinstance(method, str) else ""
+    if method == "DELETE":
+        return "fhir-delete-not-supported", "request.method", "DELETE entries are not accepted"
+    if method and method not in WRITE_METHODS:
+        shown = method if method in HTTP_VERBS else "this method"
+        detail = f"{shown} entries are not accepted (POST or PUT)"
+        return "fhir-method-not-supported", "request.method", detail
+    resource = entry.get("resource")
+    if not isinstance(resource, Mapping):
+        return "fhir-invalid-entry", "resource", "entry has no resource object"
+    if not isinstance(resource.get("resourceType"), str):
+        return "fhir-invalid-entry", "resource.resourceType", "resource has no resourceType"
+    return _url_problem(method, stripped(request.get("url")), resource)
+
+
+def _request_problem(request: Any) -> Problem | None:
+    """bdl-3 and the R4 Bundle.entry.request element: a transaction or batch entry says what to do."""
+    if not isinstance(request, Mapping):
+        detail = "a transaction or batch entry needs a request object (bdl-3)"
+        return "fhir-invalid-entry", "request", detail
+    if request.get("method") not in HTTP_VERBS:
+        detail = "request.method must be one of GET, HEAD, POST, PUT, DELETE, PATCH (upper case)"
+        return "fhir-invalid-entry", "request.method", detail
+    if stripped(request.get("url")) is None:
+        return "fhir-invalid-entry", "request.url", "request.url must be a string naming the resource"
+    return None
+
+
+def _url_problem(method: str, url: str | None, resource: Mapping[str, Any]) -> Problem | None:
+    """An entry whose ``request.url`` names another type, or (a PUT) another id, than its resource
+    (FHIR R4 update: the server SHALL reject a body whose id differs from the URL's)."""
+    if url is None:
+        return None
+    path, _, search = url.partition("?")
+    parts = path.rstrip("/").split("/")
+    if method == "PUT" and not search and len(parts) >= 2:  # [base/]Type/id
+        rtype, rid = parts[-2], parts[-1]
+    else:  # [base/]Type, or a conditional update's [base/]Type?search
+        rtype, rid = parts[-1], None
+    if rtype != resource["resourceType"]:
+        return "fhir-url-mismatch", "request.url", "request.url names another resource type than the resource"
+    body_id = stripped(resource.get("id"))
+    if rid is not None and body_id is not None and rid != body_id:
+        return "fhir-url-mismatch", "request.url", "request.url names another id than the resource's"
+    return None
+
+
+def conditional_problem(entry: Mapping[str, Any], checks_if_match: bool) -> Problem | None:
+    """A conditional interaction this gateway cannot honour as asked (never ignored: refused).
+
+    Honoured: a conditional update ``PUT Type?identifier=system|value`` whose identifier is the
+    resource's (a Patient's NHS number, one of a CarePlan's identifiers): concord keys the
+    sender's records on exactly that, so it updates the one the criteria name or creates it.
+    ``ifMatch`` on a CarePlan update when ``checks_if_match`` (the caller compares it with the
+    stored version, as ``POST /fhir`` does).
+    """
+    request = entry.get("request")
+    if not isinstance(request, Mapping):
+        return None  # a collection entry: no interaction asked for
+    for name, detail in _NOT_DONE.items():
+        if request.get(name) not in (None, ""):
+            return "fhir-conditional-not-supported", f"request.{name}", detail
+    resource = entry["resource"]
+    method = request.get("method")
+    if request.get("ifMatch") not in (None, "") and not (
+        checks_if_match and method == "PUT" and resource["resourceType"] == "CarePlan"
+    ):
+        detail = "ifMatch is taken on a CarePlan update (PUT) pushed to POST /fhir only (as a push's etag)"
+        return "fhir-conditional-not-supported", "request.ifMatch", detail
+    url = stripped(request.get("url")) or ""
+    if "?" not in url:
+        return None
+    if method != "PUT":
+        detail = "search parameters in a POST url are not supported (a conditional create is ifNoneExist)"
+        return "fhir-conditional-not-supported", "request.url", detail
+    return _criteria_problem(url.partition("?")[2], resource)
+
+
+def _criteria_problem(query: str, resource: Mapping[str, Any]) -> Problem | None:
+    criterion = conditional_identifier(query)
+    if criterion is None:
+        detail = "a conditional update is taken by one criterion, identifier=system|value"
+        return "fhir-conditional-not-supported", "request.url", detail
+    system, value = criterion
+    if resource["resourceType"] == "Patient":
+        if system != NHS_NUMBER_SYSTEM:
+            detail = f"a Patient is updated conditionally by NHS number only ({NHS_NUMBER_SYSTEM}|N)"
+            return "fhir-conditional-not-supported", "request.url", detail
+        if nhs_numbers(resource) != [normal(value)]:
+            detail = "request.url names another NHS number than the resource's"
+            return "fhir-conditional-mismatch", "request.url", detail
+        return None
+    idents = resource.get("identifier")
+    carried = {
+        (stripped(i.get("system")), stripped(i.get("value")))
+        for i in (idents if isinstance(idents, list) else ())
+        if isinstance(i, Mapping)
+    }
+    if (system, value) not in carried:
+        detail = "request.url names an identifier the resource does not carry"
+        return "fhir-conditional-mismatch", "request.url", detail
+    return None
+
+
+def conditional_identifier(query: str) -> tuple[str, str] | None:
+    """``identifier=system|value`` (``%7C`` too) as (system, value); None for any other criteria."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if len(pairs) != 1 or pairs[0][0] != "identifier":
+        return None
+    system, bar, value = pairs[0][1].rpartition("|")
+    if not bar or not system.strip() or not value.strip():
+        return None
+    return system.strip(), value.strip()
+
+
+def not_understood(entry: Mapping[str, Any]) -> Problem | None:
+    """The first ``modifierExtension`` (or ``implicitRules``) in an entry: this gateway understands none.
+
+    FHIR R4 extensibility.html: a modifier extension changes the meaning of the element holding
+    it, so an element with one cannot be processed as if it were absent; resource.html: a
+    resource with ``implicitRules`` the system does not understand is refused.
+    """
+    return _first_modifier(entry, "")
+
+
+def _first_modifier(value: Any, path: str) -> Problem | None:
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _first_modifier(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+        return None
+    if not isinstance(value, Mapping):
+        return None
+    for key, item in value.items():
+        where = f"{path}.{key}" if path else key
+        if key == "modifierExtension" and item:
+            detail = f"{where} is a modifier extension this gateway does not understand"
+            return "fhir-modifier-extension", where, detail
+        if key == "implicitRules" and item and "resourceType" in value:
+            detail = f"{where}: this gateway does not understand the rules the resource was made under"
+            return "fhir-implicit-rules", where, detail
+        found = _first_modifier(item, where)
+        if found is not None:
+            return found
+    return None
