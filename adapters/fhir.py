@@ -9,7 +9,8 @@ forms a record of its own. See docs/sources/fhir.md.
 
     AdapterError   the Bundle cannot be read as a whole: not JSON, not a Bundle, another type,
                    a name given twice in an object, two entries with one fullUrl (bdl-7),
-                   ``implicitRules`` on the Bundle
+                   ``implicitRules`` on the Bundle, objects and arrays nested deeper than
+                   ``MAX_DEPTH`` (the JSON encoder stops at 255 levels, Python at its recursion limit)
 
 Entry-level problems are RecordErrors with stable reasons (``adapters.fhir_entries``
 lists them), and so are these:
@@ -42,6 +43,9 @@ from adapters.records import AdapterError, Item, RecordError, SourceRecord, as_t
 SOURCE: Final = "fhir"
 MAX_BUNDLE_CHARS: Final = 10 * 1024 * 1024
 MAX_LOCAL_ID: Final = 128
+#: The deepest nesting of objects and arrays read (the Bundle itself is level 1). A Patient or CarePlan
+#: is a few dozen levels deep at most; a deeper Bundle is refused whole before anything walks it.
+MAX_DEPTH: Final = 100
 BUNDLE_TYPES: Final = frozenset({"transaction", "batch", "collection"})
 ODS_SYSTEM: Final = "https://fhir.nhs.uk/Id/ods-organization-code"
 VERIFICATION_URL: Final = (
@@ -66,7 +70,7 @@ class _Context:
     source_ods: str
     recorded_at: str
     meta: Mapping[str, Any]
-    checks_if_match: bool
+    takes_if_match: bool
 
 
 @dataclass(slots=True)
@@ -86,7 +90,9 @@ class FhirBundleAdapter:
     the access token); when given it wins over the Bundle's ``meta.source``.
     ``checks_if_match``: the caller compares each CarePlan update's ``request.ifMatch`` with
     the version it stores (``POST /fhir`` does); otherwise an entry with one is refused, never
-    applied as if it had none.
+    applied as if it had none. ``reread`` (a replay) takes a CarePlan update's ``ifMatch`` whatever
+    ``checks_if_match`` says: the precondition belonged to the original push (which took it or
+    answered 412), so it is neither checked again nor refused.
     """
 
     source = SOURCE
@@ -106,14 +112,18 @@ class FhirBundleAdapter:
             raise AdapterError("FHIR Bundle is not UTF-8 text") from exc
         if len(text) > self.max_chars:
             raise AdapterError(f"FHIR Bundle is larger than {self.max_chars} characters: split it")
-        yield from self._items(_load(text), None)
+        yield from self._items(_load(text), None, self.checks_if_match)
 
     def reread(self, raw: str, location: str) -> Iterator[Item]:
-        """``raw`` is the small Bundle ``read`` kept for one record; its items keep ``location``."""
-        yield from self._items(_load(raw), location)
+        """``raw`` is the small Bundle ``read`` kept for one record; its items keep ``location``.
 
-    def _items(self, bundle: Mapping[str, Any], location: str | None) -> Iterator[Item]:
-        context = self._context(bundle)
+        A CarePlan update's ``ifMatch`` is not checked again (the store has moved on since the
+        push it belonged to) and not refused: a replay applies the record as it was pushed.
+        """
+        yield from self._items(_load(raw), location, True)
+
+    def _items(self, bundle: Mapping[str, Any], location: str | None, takes_if_match: bool) -> Iterator[Item]:
+        context = self._context(bundle, takes_if_match)
         entries = bundle.get("entry", [])
         if entries is None:
             entries = []
@@ -133,7 +143,7 @@ class FhirBundleAdapter:
                     item.source, location, item.reason, item.field, item.detail, item.raw, item.local_id
                 )
 
-    def _context(self, bundle: Mapping[str, Any]) -> _Context:
+    def _context(self, bundle: Mapping[str, Any], takes_if_match: bool) -> _Context:
         bundle_type = bundle.get("type")
         if bundle_type not in BUNDLE_TYPES:
             raise AdapterError("Bundle.type must be transaction, batch or collection")
@@ -147,7 +157,7 @@ class FhirBundleAdapter:
         kept_meta: dict[str, Any] = {"source": f"{ODS_SYSTEM}|{ods}"} if ods else {}
         if _str(meta.get("lastUpdated")):
             kept_meta["lastUpdated"] = meta["lastUpdated"]
-        return _Context(str(bundle_type), ods, recorded, kept_meta, self.checks_if_match)
+        return _Context(str(bundle_type), ods, recorded, kept_meta, takes_if_match)
 
 
 def _load(text: str) -> Mapping[str, Any]:
@@ -157,10 +167,24 @@ def _load(text: str) -> Mapping[str, Any]:
         raise AdapterError(f"FHIR Bundle is not JSON (line {exc.lineno}, column {exc.colno})") from None
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise AdapterError("not a FHIR Bundle: resourceType must be Bundle")
+    if _deeper_than(bundle, MAX_DEPTH):
+        raise AdapterError(f"FHIR Bundle nests objects and arrays deeper than {MAX_DEPTH} levels")
     repeated = repeated_name(text)
     if repeated is not None:
         raise AdapterError(f"FHIR Bundle: an object names {repeated} twice (FHIR JSON allows once)")
     return bundle
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether objects and arrays nest more than ``limit`` levels in ``value`` (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def _repeated_full_url(entries: list[Any]) -> str | None:
@@ -274,7 +298,7 @@ def _record(
             return RecordError(SOURCE, location, "unknown-code", "identifier.extension", detail, raw)
         status = found
     for n in members:
-        problem = conditional_problem(entries[n], context.checks_if_match) or not_understood(entries[n])
+        problem = conditional_problem(entries[n], context.takes_if_match) or not_understood(entries[n])
         if problem is not None:
             reason, fld, detail = problem
             return RecordError(SOURCE, location, reason, fld, f"entry {n}: {detail}", raw)

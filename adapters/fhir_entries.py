@@ -16,7 +16,8 @@ Checked per entry, before entries are grouped per person (the entry is quarantin
 Checked per record, once entries are grouped (the person's whole record is quarantined):
 
     fhir-conditional-not-supported   ``ifNoneExist``, ``ifNoneMatch``, ``ifModifiedSince``; ``ifMatch``
-                                     where the caller does not check it against the store; a
+                                     but on a CarePlan PUT whose caller checks it against the store
+                                     (or replays the record: the precondition was its push's); a
                                      conditional URL other than ``identifier=system|value``
     fhir-conditional-mismatch        a conditional update whose identifier is not the resource's
     fhir-modifier-extension          a ``modifierExtension`` anywhere in the entry: none is understood
@@ -108,14 +109,17 @@ def _url_problem(method: str, url: str | None, resource: Mapping[str, Any]) -> P
     return None
 
 
-def conditional_problem(entry: Mapping[str, Any], checks_if_match: bool) -> Problem | None:
+def conditional_problem(entry: Mapping[str, Any], takes_if_match: bool) -> Problem | None:
     """A conditional interaction this gateway cannot honour as asked (never ignored: refused).
 
-    Honoured: a conditional update ``PUT Type?identifier=system|value`` whose identifier is the
-    resource's (a Patient's NHS number, one of a CarePlan's identifiers): concord keys the
-    sender's records on exactly that, so it updates the one the criteria name or creates it.
-    ``ifMatch`` on a CarePlan update when ``checks_if_match`` (the caller compares it with the
-    stored version, as ``POST /fhir`` does).
+    Taken: ``PUT Type?identifier=system|value`` whose identifier is the resource's (a Patient's NHS
+    number, one of a CarePlan's identifiers). No search is made: the criteria are only checked
+    against the body, and the entry is applied as an update of the record its body identifies
+    (``adapters.fhir``: a Patient by id, else fullUrl, else NHS number; a CarePlan by id, else the
+    criteria's identifier). So it is no FHIR conditional update, and none is declared.
+    ``ifMatch`` on a CarePlan update when ``takes_if_match``: the caller compares it with the
+    stored version (``POST /fhir``), or replays a quarantined record (the precondition belonged to
+    the original push: not checked again, not refused).
     """
     request = entry.get("request")
     if not isinstance(request, Mapping):
@@ -126,7 +130,7 @@ def conditional_problem(entry: Mapping[str, Any], checks_if_match: bool) -> Prob
     resource = entry["resource"]
     method = request.get("method")
     if request.get("ifMatch") not in (None, "") and not (
-        checks_if_match and method == "PUT" and resource["resourceType"] == "CarePlan"
+        takes_if_match and method == "PUT" and resource["resourceType"] == "CarePlan"
     ):
         detail = "ifMatch is taken on a CarePlan update (PUT) pushed to POST /fhir only (as a push's etag)"
         return "fhir-conditional-not-supported", "request.ifMatch", detail

@@ -7,10 +7,12 @@ shared Patients from all sources' contributions, then write new versions, their
 outbox rows, quarantine rows and the data-quality tables together.
 
 A shared Patient that does not validate once merged (each contribution did on
-its own) must not cost the batch: the transaction is rolled back and the batch
-applied again with the records that changed that person quarantined
-(``shared-patient-invalid``). The others are stored; the person's stored record
-stays as it was, and a later batch naming them is applied the same way.
+its own: a contribution stored under earlier, laxer rules, say) is not written:
+the person keeps the version they had, and the data-quality report names them
+under ``MERGED_PATIENT_INVALID`` with their sources. The records of the batch are
+stored as usual. Holding back the record that came in instead would answer its
+sender according to what other organisations hold about the person (and whatever
+their consent), and would block every source's records for that person.
 
 Memory is bounded by the batch size, not the extract: records stream in from
 the adapter and only the touched people's contributions are loaded.
@@ -19,11 +21,12 @@ the adapter and only the touched people's contributions are loaded.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import orjson
 from sqlalchemy import update
@@ -47,18 +50,12 @@ from mappings.mapper import MappedRecord, Mapper, contribution_resource, provena
 from mappings.shared_view import Conflict, Contribution, merge, recorded_instant, retired
 from mappings.validate import ValidationFailure, validate
 
+log = logging.getLogger(__name__)
+
 ProgressFn = Callable[[int], None]
 _RETRIES = 3
-#: Quarantine reason of a record whose demographics would make its person's shared Patient invalid.
-SHARED_PATIENT_INVALID: Final = "shared-patient-invalid"
-
-
-class _Mapped(NamedTuple):
-    """A record of the batch, its position in the batch, and what it maps to."""
-
-    position: int
-    record: SourceRecord
-    m: MappedRecord
+#: The data-quality report's element for a person whose shared Patient would not validate once merged.
+MERGED_PATIENT_INVALID: Final = "Patient (not valid once merged)"
 
 
 class ValidatedCache:
@@ -97,8 +94,6 @@ class _Batch:
     versions: list[Version] = field(default_factory=list)
     contributions: dict[tuple[str, str, str], StoredContribution] = field(default_factory=dict)
     touched: set[str] = field(default_factory=set)
-    #: For each touched person, the positions in the batch of the records that touched them.
-    touched_by: dict[str, set[int]] = field(default_factory=dict)
     warnings: dict[tuple[str, str, str], int] = field(default_factory=dict)
     #: Resource keys whose current version was looked up for this batch (absent from ``current``: new).
     loaded: set[Key] = field(default_factory=set)
@@ -111,20 +106,6 @@ class _Batch:
     superseded: set[tuple[str, str | None, str]] = field(default_factory=set)
     #: People whose consent changed in this batch, with their new epochs (caches are told after commit).
     consent_epochs: dict[str, int] = field(default_factory=dict)
-
-    def touch(self, nhs_number: str, position: int) -> None:
-        """The record at ``position`` changed what ``nhs_number``'s shared Patient is made of."""
-        self.touched.add(nhs_number)
-        self.touched_by.setdefault(nhs_number, set()).add(position)
-
-
-class _HeldBack(Exception):
-    """The shared Patients of some people touched by the batch failed validation: the records at
-    ``failures`` (positions in the batch) are to be quarantined, and the batch applied again."""
-
-    def __init__(self, failures: dict[int, ValidationFailure]) -> None:
-        super().__init__(f"{len(failures)} records held back")
-        self.failures = failures
 
 
 class Ingestor:
@@ -197,62 +178,43 @@ class Ingestor:
     async def _commit(
         self, items: Sequence[Item], run_id: int | None, replay_of: int | None = None
     ) -> IngestReport:
-        held: dict[int, ValidationFailure] = {}
-        attempt = 0
-        while True:
+        for attempt in range(_RETRIES):
             try:
                 async with self.engine.begin() as conn:
-                    batch = await self._apply(conn, items, run_id, replay_of, held)
-            except _HeldBack as more:
-                # Rolled back. Each round holds back at least one more record: it ends.
-                held.update(more.failures)
-                continue
+                    batch = await self._apply(conn, items, run_id, replay_of)
+                if batch.consent_epochs and self.register is not None:
+                    await self.register.decider.changed(batch.consent_epochs)
+                if batch.versions or batch.consent_epochs:
+                    await self._committed()
+                return batch.report
             except (ConcurrentWrite, IntegrityError):
                 # Another writer changed the same resources between our read and write.
-                attempt += 1
-                if attempt == _RETRIES:
+                if attempt == _RETRIES - 1:
                     raise
-                continue
-            if batch.consent_epochs and self.register is not None:
-                await self.register.decider.changed(batch.consent_epochs)
-            if batch.versions or batch.consent_epochs:
-                await self._committed()
-            return batch.report
+        raise AssertionError("unreachable")
 
     async def _apply(
-        self,
-        conn: AsyncConnection,
-        items: Sequence[Item],
-        run_id: int | None,
-        replay_of: int | None,
-        held: Mapping[int, ValidationFailure],
+        self, conn: AsyncConnection, items: Sequence[Item], run_id: int | None, replay_of: int | None
     ) -> _Batch:
-        """Stage and write one batch; ``held``: positions of records to quarantine unread (``_HeldBack``)."""
         batch = _Batch(self.clock(), IngestReport("", ""))
-        mapped = self._map(items, batch, held)
-        stored = await people.load_contributions(conn, {m.nhs_number for _, _, m in mapped})
+        mapped = self._map(items, batch)
+        stored = await people.load_contributions(conn, {m.nhs_number for _, m in mapped})
         by_person: dict[str, dict[tuple[str, str], StoredContribution]] = {}
         for c in stored:
             by_person.setdefault(c.nhs_number, {})[(c.source, c.local_id)] = c
         batch.loaded = _keys(mapped, self.mapper)
         batch.superseded = {
             (m.source, m.source_ods or None, m.replaces_local_id)
-            for _, _, m in mapped
+            for _, m in mapped
             if m.replaces_local_id and m.replaces_local_id != m.local_id
         }
         current = await current_versions(conn, batch.loaded)
-        for position, record, m in mapped:
-            self._accept(position, record, m, by_person, current, batch)
+        for record, m in mapped:
+            self._accept(record, m, by_person, current, batch)
         await self._retire_merged(conn, mapped, by_person, batch)
         await people.save_contributions(conn, list(batch.contributions.values()))
-        failures: dict[int, ValidationFailure] = {}
         for number in sorted(batch.touched):
-            try:
-                await self._rebuild_person(conn, number, by_person.get(number, {}), current, batch)
-            except ValidationFailure as exc:
-                failures.update(dict.fromkeys(batch.touched_by[number], exc))
-        if failures:
-            raise _HeldBack(failures)
+            await self._rebuild_person(conn, number, by_person.get(number, {}), current, batch)
         await people.set_conflicts(conn, batch.conflicts, batch.when)
         await write_versions(conn, batch.versions)
         await self._follow_opt_outs(conn, batch)
@@ -288,7 +250,7 @@ class Ingestor:
     async def _retire_merged(
         self,
         conn: AsyncConnection,
-        mapped: Sequence[_Mapped],
+        mapped: Sequence[tuple[SourceRecord, MappedRecord]],
         by_person: dict[str, dict[tuple[str, str], StoredContribution]],
         batch: _Batch,
     ) -> None:
@@ -298,7 +260,7 @@ class Ingestor:
         number for someone else). A merge that keeps the hospital number (two NHS numbers joined
         under one) retires only the contribution held for the merged-away NHS number.
         """
-        for position, record, m in mapped:
+        for record, m in mapped:
             old = m.replaces_local_id or ""
             if not old:
                 continue
@@ -318,22 +280,17 @@ class Ingestor:
                 by_person.setdefault(c.nhs_number, {})[(c.source, c.local_id)] = c
             for number in numbers:
                 by_person.get(number, {}).pop((m.source, old), None)
-                batch.touch(number, position)
+                batch.touched.add(number)
 
-    def _map(
-        self, items: Sequence[Item], batch: _Batch, held: Mapping[int, ValidationFailure]
-    ) -> list[_Mapped]:
+    def _map(self, items: Sequence[Item], batch: _Batch) -> list[tuple[SourceRecord, MappedRecord]]:
         mapped = []
-        for position, item in enumerate(items):
+        for item in items:
             batch.report.records += 1
             if isinstance(item, RecordError):
                 batch.errors.append(item)
                 continue
-            if position in held:
-                batch.errors.append(_held_back(item, held[position]))
-                continue
             try:
-                mapped.append(_Mapped(position, item, self.mapper.map(item)))
+                mapped.append((item, self.mapper.map(item)))
             except MappingError as exc:
                 issue = exc.issue
                 batch.errors.append(
@@ -351,7 +308,6 @@ class Ingestor:
 
     def _accept(
         self,
-        position: int,
         record: SourceRecord,
         m: MappedRecord,
         by_person: dict[str, dict[tuple[str, str], StoredContribution]],
@@ -423,7 +379,7 @@ class Ingestor:
                     )
                 )
             by_person.setdefault(m.nhs_number, {})[(m.source, m.local_id)] = contribution
-            batch.touch(m.nhs_number, position)
+            batch.touched.add(m.nhs_number)
         for w in m.warnings:
             key3 = (m.source, w.field or "", w.detail[:255])
             batch.warnings[key3] = batch.warnings.get(key3, 0) + 1
@@ -461,6 +417,16 @@ class Ingestor:
             patient_id,
             [Contribution(c.source, c.local_id, c.content, c.recorded) for c in contributions.values()],
         )
+        try:
+            self.cache.validate(merged, content_hash(merged))  # as ``_stage`` will: cached by that hash
+        except ValidationFailure:
+            log.warning("a shared Patient is not valid once merged: its previous version is kept")
+            sources = tuple(sorted({c.source for c in contributions.values()}))
+            found = [*found, Conflict(MERGED_PATIENT_INVALID, sources, len(sources))]
+            batch.conflicts[nhs_number] = found
+            for conflict in found:
+                batch.report.conflicts[conflict.element] += 1
+            return
         resources = [merged]
         by_source: dict[str, list[StoredContribution]] = {}
         for c in contributions.values():
@@ -554,20 +520,9 @@ def _older(recorded: str, than: str) -> bool:
     return mine is not None and theirs is not None and mine < theirs
 
 
-def _held_back(record: SourceRecord, failure: ValidationFailure) -> RecordError:
-    """A record quarantined because its person's shared Patient, merged with it, did not validate."""
-    detail = (
-        f"the shared Patient merged with this record's demographics is not valid ({failure.reason}: "
-        f"{failure}); nothing of the record is stored"
-    )
-    return RecordError(
-        record.source, record.location, SHARED_PATIENT_INVALID, None, detail, record.raw, record.local_id
-    )
-
-
-def _keys(mapped: Sequence[_Mapped], mapper: Mapper) -> set[Key]:
+def _keys(mapped: Sequence[tuple[SourceRecord, MappedRecord]], mapper: Mapper) -> set[Key]:
     keys: set[Key] = set()
-    for _, _, m in mapped:
+    for _, m in mapped:
         keys.update((r["resourceType"], r["id"]) for r in m.resources)
         keys.add(("Patient", m.patient_id))
         keys.add(("Provenance", mapper.ids.make("Provenance", m.source, f"Patient/{m.patient_id}")))

@@ -6,14 +6,17 @@ Exceptions::
                                    (``gateway.api.oauth``)
     JwksError                      a JWK Set that cannot be registered (``parse_jwks``)
 
-Checks, in the order the endpoint runs them (``read`` → ``claimed_client`` → [store: the client;
-its keys, ``gateway.api.client_keys``] → ``verify`` → ``check_claims`` → [replay store: the jti]
-→ ``scopes.grant``):
+Checks, in the order the endpoint runs them (``read`` → ``claimed_client`` → [store: the client]
+→ ``check_jku`` → [its keys, ``gateway.api.client_keys``] → ``verify`` → ``check_claims`` →
+[replay store: the jti] → ``scopes.grant``):
 
 - the assertion is a compact JWS whose header ``alg`` is RS384, ES384 or RS512 (``none``, HS*,
   RS256 and everything else are refused before any key is looked at); ``crit`` and ``b64`` are
-  refused, and so are ``jku``, ``x5u``, ``jwk`` and ``x5c``: keys come only from the registration,
-  never from the assertion (SMART: a ``jku`` not registered fails verification);
+  refused, and so are ``x5u``, ``jwk`` and ``x5c``: keys come only from the registration, never
+  from the assertion;
+- ``jku``, if present, is exactly the client's registered JWK Set URL (SMART: a ``jku`` not
+  registered for the client fails verification); it is never fetched itself, and a client that
+  registered a JWK Set (not a URL) may not send one;
 - ``kid`` names a key of the client's registered JWK Set, of the type ``alg`` needs (RSA for RS*,
   EC P-384 for ES384), and the signature verifies with it (PyJWT, the one algorithm allowed);
 - ``iss`` == ``sub`` == the client id; ``aud`` is exactly the token URL (or a list holding it);
@@ -59,8 +62,9 @@ MIN_RSA_BITS: Final = 2048
 _COMPACT = re.compile(r"[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
 #: C0 and C1 control characters, DEL included: never in a client id or a jti.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-#: Header members that name a key: concord takes keys from the registration only.
-_KEY_HEADERS: Final = ("jku", "x5u", "jwk", "x5c")
+#: Header members that name a key: concord takes keys from the registration only. (``jku`` may be
+#: sent, if it is the registered JWK Set URL: ``check_jku``.)
+_KEY_HEADERS: Final = ("x5u", "jwk", "x5c")
 _PRIVATE_MEMBERS: Final = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 _THUMBPRINT_MEMBERS: Final = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y")}
 _CURVES: Final = ("P-256", "P-384")
@@ -95,7 +99,8 @@ def parse_jwks(text: str) -> Mapping[str, Key]:
     """The public keys of a JWK Set, by ``kid``. Cached on the text: a changed set is parsed afresh.
 
     Refuses (``JwksError``) anything but public RSA (at least 2048 bits) and EC P-256/P-384 signing
-    keys, each with a distinct ``kid``; a private key anywhere in the set is refused outright.
+    keys, each with a distinct ``kid``; a private key anywhere in the set is refused outright, and
+    so is a ``jwks_uri`` member (how the registry marks a JWK Set URL: ``client_keys``).
     """
     try:
         document = json.loads(text)
@@ -104,6 +109,10 @@ def parse_jwks(text: str) -> Mapping[str, Key]:
     keys = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(keys, list) or not keys:
         raise JwksError('a JWK Set is a JSON object with a non-empty "keys" array')
+    if "jwks_uri" in document:
+        # The registry tells a JWK Set URL registration by this member: a set holding it too would
+        # be ambiguous (and its URL never checked). Register one or the other.
+        raise JwksError('a JWK Set may not hold a "jwks_uri" member: register the set or the URL')
     parsed: dict[str, Key] = {}
     for position, jwk in enumerate(keys, 1):
         key = _parse_key(jwk, position)
@@ -185,10 +194,28 @@ def read(token: str) -> Unverified:
     if any(name in header for name in _KEY_HEADERS):
         raise Rejected(
             "invalid_client",
-            "the assertion's header names a key (jku, x5u, jwk or x5c): keys come only from the "
+            "the assertion's header names a key (x5u, jwk or x5c): keys come only from the "
             "client's registration; name the registered key by kid alone",
         )
+    if "jku" in header and not isinstance(header["jku"], str):
+        raise Rejected("invalid_client", _JKU_REFUSED)
     return Unverified(header, claims)
+
+
+_JKU_REFUSED: Final = (
+    "the assertion's jku is not the client's registered JWK Set URL: send the registered URL "
+    "exactly, or no jku"
+)
+
+
+def check_jku(assertion: Unverified, registered_url: str | None) -> None:
+    """A ``jku`` header, if sent, must be exactly the client's registered JWK Set URL (SMART).
+
+    ``registered_url`` is None for a client that registered its JWK Set itself: any ``jku`` is then
+    refused. The keys still come from the registration: the ``jku`` is never fetched.
+    """
+    if "jku" in assertion.header and (registered_url is None or assertion.header["jku"] != registered_url):
+        raise Rejected("invalid_client", _JKU_REFUSED)
 
 
 def _json_object(segment: str) -> dict[str, Any] | None:

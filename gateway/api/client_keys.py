@@ -16,7 +16,10 @@ pass the checks a registered set passes (``assertion.parse_jwks``):
   has rolled its key), and then at most once every ``REFETCH_SECONDS``;
 - a failed fetch is ``invalid_client`` (``Rejected``, saying what failed), never a 500; it is
   remembered for ``RETRY_SECONDS``, so a client's key server is not fetched on every refused
-  assertion. Keys kept from an earlier fetch are not used once their time is up.
+  assertion. Keys kept from an earlier fetch are not used once their time is up;
+- a failed fetch *again* for an unknown ``kid`` leaves the kept keys in place until their time is
+  up (only the refetch clock moves): the ``kid`` is read before any signature is checked, so
+  anyone could ask for a bogus one, and a key server blipping then must not lock the client out.
 
 Nothing here logs a key or a URL's answer; failures are logged with the client id and the reason.
 """
@@ -88,12 +91,18 @@ def url_registration(url: str) -> str:
 
 
 def jwks_url(registration: str) -> str | None:
-    """The JWK Set URL a client's registration names, or None when it holds the set itself."""
+    """The JWK Set URL a client's registration names, or None when it holds the set itself.
+
+    Only ``{"jwks_uri": "..."}`` alone (``url_registration``) names a URL: anything else is read as a
+    JWK Set, and ``parse_jwks`` refuses a set that also holds ``jwks_uri``.
+    """
     try:
         document = orjson.loads(registration)
     except orjson.JSONDecodeError:
         return None
-    url = document.get("jwks_uri") if isinstance(document, dict) else None
+    if not isinstance(document, dict) or set(document) != {"jwks_uri"}:
+        return None
+    url = document["jwks_uri"]
     return url if isinstance(url, str) else None
 
 
@@ -176,7 +185,12 @@ class ClientKeys:
 
     def _failed(self, client_id: str, url: str, exc: Exception, description: str) -> _Fetched:
         log.warning("client %s: its JWK Set URL gave no usable keys: %s", client_id, exc)
-        return self._keep(url, _Fetched(self.clock(), 0.0, None, description))
+        now, kept = self.clock(), self._fetched.get(url)
+        if kept is not None and kept.keys is not None and now < kept.keep_until:
+            # A refetch for an unknown kid failed: the kept keys stay until their time is up; the
+            # attempt only moves the refetch clock (at most one more in REFETCH_SECONDS).
+            return self._keep(url, _Fetched(now, kept.keep_until, kept.keys))
+        return self._keep(url, _Fetched(now, 0.0, None, description))
 
     def _keep(self, url: str, fetched: _Fetched) -> _Fetched:
         if len(self._fetched) >= MAX_URLS:

@@ -6,7 +6,8 @@ FastAPI cannot see them; each route declares them here through ``openapi_extra``
 - ``search(...)``: the query parameters a search accepts, plus the result parameters every search
   takes (``_count``, ``_page``, ``_format``);
 - ``body(...)``: a request body of the given media types;
-- ``ERRORS``: the statuses a FHIR route answers with an OperationOutcome, for ``responses=``.
+- ``ERRORS``: the statuses a FHIR route answers with an OperationOutcome, for ``responses=``
+  (``PUSH_ERRORS`` adds a push's, ``FHIR_PUSH_ERRORS`` those of ``POST /fhir``).
 
 ``install`` fixes up the generated document once: FastAPI documents a 422 for every route with
 parameters, while concord answers an invalid request 400 with an OperationOutcome. The bearer
@@ -19,6 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from adapters.fhir import MAX_DEPTH
 from gateway.api.outcome import FHIR_JSON
 
 JSON = "application/json"
@@ -78,6 +80,17 @@ BODY_ERRORS: dict[int | str, dict[str, Any]] = {
 PUSH_ERRORS: dict[int | str, dict[str, Any]] = {
     409: answer("The Idempotency-Key was used before with another body"),
     **BODY_ERRORS,
+}
+#: ``POST /fhir``'s own: the Bundle refused whole, and content negotiation as the read API's.
+FHIR_PUSH_ERRORS: dict[int | str, dict[str, Any]] = {
+    **PUSH_ERRORS,
+    400: answer(
+        "The Bundle is refused whole and nothing is stored: not JSON, not a Bundle, Bundle.type other "
+        "than transaction or batch, two entries with one fullUrl (bdl-7), a name given twice in an "
+        f"object, implicitRules, nesting deeper than {MAX_DEPTH} levels. (An entry refused alone is answered "
+        "in the 200 response's entry.)"
+    ),
+    406: answer("Accept or _format asks for anything but FHIR R4 JSON (_format overrides Accept)"),
 }
 
 _OAUTH_ERROR = {

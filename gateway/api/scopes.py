@@ -10,6 +10,10 @@ Both compare as sets of permissions, v1 ``read`` being ``rs``, ``write`` ``cud``
 ``cruds`` (SMART App Launch 2.0, "Scopes for requesting FHIR resources"): ``system/Patient.rs``
 is ``system/Patient.read``, and a route that needs ``system/Patient.read`` opens to a token
 holding either (or ``system/*.cruds``), never to one holding only ``system/Patient.r``.
+
+Every route needs a whole v1 set (``rs`` to read, ``cud`` to write), so ``/token`` grants a v2
+scope only if its permissions hold one of them (``ROUTE_SETS``): ``system/Patient.r``, ``.s``,
+``.cu`` would open nothing, and are dropped like a scope for a type not served.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ MAX_SCOPES: Final = 64
 MAX_SCOPE_CHARS: Final = 128
 _GRAMMAR: Final = re.compile(r"system/(\*|[A-Z][A-Za-z]{1,63})\.(read|write|\*|c?r?u?d?s?)")
 _V1: Final = {"read": "rs", "write": "cud", "*": "cruds"}
+#: The permission sets routes need (v1 ``read`` and ``write``): a scope holding neither opens nothing.
+ROUTE_SETS: Final = (frozenset("rs"), frozenset("cud"))
 #: What ``/.well-known/smart-configuration`` lists: the v1 scopes, and the v2 wildcards.
 SUPPORTED: Final = (
     "system/*.read",
@@ -65,13 +71,19 @@ def covers(granted: str, wanted: str) -> bool:
     return g is not None and w is not None and g.type in ("*", w.type) and w.permissions <= g.permissions
 
 
+def opens_a_route(scope: Scope) -> bool:
+    """Whether a token holding ``scope`` could open any route: its permissions hold ``rs`` or ``cud``."""
+    return any(needed <= scope.permissions for needed in ROUTE_SETS)
+
+
 def grant(requested: str | None, registered: Iterable[str]) -> tuple[str, ...]:
     """The requested scopes the registered ones cover, as requested, in order; ``invalid_scope`` if none.
 
     A request holding anything that is not a system scope is refused whole (``invalid_scope``). A
-    requested scope for a type concord does not serve, or that no registered one covers, is dropped
-    (the response's ``scope`` says what was granted); a registered wildcard (``system/*.read``)
-    grants the specific scope asked for.
+    requested scope for a type concord does not serve, whose permissions open no route (v2
+    ``system/Patient.r``: ``opens_a_route``), or that no registered one covers, is dropped (the
+    response's ``scope`` says what was granted); a registered wildcard (``system/*.read``) grants
+    the specific scope asked for.
     """
     wanted = list(dict.fromkeys((requested or "").split()))
     if not wanted:
@@ -89,10 +101,15 @@ def grant(requested: str | None, registered: Iterable[str]) -> tuple[str, ...]:
     granted = tuple(
         s
         for s, p in zip(wanted, parsed, strict=True)
-        if p is not None and p.type in ("*", *SERVED_TYPES) and any(covers(g, s) for g in held)
+        if p is not None
+        and p.type in ("*", *SERVED_TYPES)
+        and opens_a_route(p)
+        and any(covers(g, s) for g in held)
     )
     if not granted:
         raise Rejected(
-            "invalid_scope", "none of the requested scopes is registered for this client and served here"
+            "invalid_scope",
+            "none of the requested scopes is registered for this client and served here (SMART v2 "
+            "permissions must include rs to read or cud to write)",
         )
     return granted

@@ -325,6 +325,8 @@ class _WalAfterAppend:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
         self.appended_to: str | None = None
+        #: Statements run after the append (the WAL writer may flush by itself: this shows who did).
+        self.after: list[str] = []
 
     async def fetchrow(self, sql: str, *args: object) -> asyncpg.Record:
         row = await self.conn.fetchrow(sql, *args)
@@ -333,6 +335,7 @@ class _WalAfterAppend:
         return row
 
     async def execute(self, sql: str, *args: object) -> str:
+        self.after.append(" ".join(sql.split()))
         return str(await self.conn.execute(sql, *args))
 
     def is_closed(self) -> bool:
@@ -360,6 +363,9 @@ async def test_a_postgres_append_returns_only_once_it_is_on_disk(
             "SELECT pg_current_wal_flush_lsn() >= $1::text::pg_lsn", watched.appended_to
         )
         assert flushed, "answered before the append was on disk"
+        # ... because the appender itself committed a write after it (the flush, or the checkpoint)
+        [statement] = watched.after
+        assert statement.startswith("INSERT INTO audit_flushes" if checkpoint_every > 2 else "WITH saved AS")
         assert head.seq == 2
         assert head.checkpoint_seq == (2 if checkpoint_every == 1 else 0)
         assert await conn.fetchval("SHOW synchronous_commit") == "on"  # the session's own is untouched

@@ -7,10 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+from click.testing import CliRunner
+
 from adapters.fhir import FhirBundleAdapter
 from adapters.gp import GpAdapter
 from gateway.bootstrap import Services
-from gateway.report import IngestReport
+from gateway.cli import cli
+from gateway.report import EXIT_FAILED, IngestReport
 from gateway.store import quarantine
 from gateway.store.resources import count_by_type
 
@@ -120,3 +124,20 @@ async def test_a_care_plan_containing_a_type_r4_lacks_is_quarantined_and_the_res
         "entry 1",
         "contained.0: ProcedureRequest is not a FHIR R4 resource type",
     )
+
+
+def test_a_bundle_nested_too_deep_is_a_file_refused_by_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was an uncaught TypeError from the JSON encoder (255 levels at most): now the file is refused."""
+    monkeypatch.setenv("CONCORD_DATA_DIR", str(tmp_path / "data"))
+    deep: Any = {"url": "https://example.org/x", "valueString": "x"}
+    for _ in range(150):
+        deep = {"url": "https://example.org/x", "extension": [deep]}
+    patient = {**load(UKCORE / "UKCore-Patient-RichardSmith-Example.json"), "extension": [deep]}
+    path = tmp_path / "deep.json"
+    path.write_bytes(transaction(patient))
+    result = CliRunner().invoke(cli, ["ingest", "--source", "fhir", str(path)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == EXIT_FAILED
+    assert "cannot be read" in result.output and "deeper than" in result.output

@@ -11,7 +11,7 @@ from adapters.acute import AcuteAdapter
 from adapters.fhir import FhirBundleAdapter
 from adapters.gp import COLUMNS, GpAdapter
 from gateway.bootstrap import Services
-from gateway.ingest import Ingestor
+from gateway.ingest import MERGED_PATIENT_INVALID, Ingestor
 from gateway.report import IngestReport
 from gateway.store import people, quarantine
 from gateway.store.resources import history, read_current
@@ -389,32 +389,29 @@ async def plant_contribution(services: Services, number: str, **content: object)
         await people.save_contributions(conn, [planted])
 
 
-async def test_a_person_whose_shared_patient_will_not_validate_is_held_back_not_the_batch(
+async def test_a_person_whose_merged_patient_will_not_validate_keeps_it_and_the_batch_is_stored(
     services: Services,
 ) -> None:
+    """The record that came in is stored like any other (its sender learns nothing of what others
+    hold); the person's shared Patient stays as it was, and the data-quality report names them."""
+    await ingest_fhir(services, pushed(fhir_patient(NHS)))
+    before = await shared_patient(services, NHS)
     await plant_contribution(services, NHS, gender="x")
     data = adt("A08", THEIRS_PID, facility="R9Z02") + adt("A08", DIED_PID)
     report = await services.ingestor.run("acute", AcuteAdapter().read(io.BytesIO(data)), "two.hl7")
-    assert (report.records, report.accepted, dict(report.quarantined)) == (
-        2,
-        1,
-        {"shared-patient-invalid": 1},
-    )
+    assert (report.records, report.accepted, report.quarantined_total) == (2, 2, 0)
+    assert report.conflicts[MERGED_PATIENT_INVALID] == 1
     assert (await shared_patient(services, OTHER_NHS))["name"][0]["family"] == "Beta"
-    assert await shared_patient(services, NHS) == {}  # nothing of the held record is stored
+    assert await shared_patient(services, NHS) == before  # the previous version, unchanged
     async with services.engine.connect() as conn:
-        (held,) = await quarantine.listing(conn)
         kept = (await conn.execute(select(contributions.c.local_id, contributions.c.nhs_number))).all()
-    assert (held.location, held.reason, held.local_id) == ("message 2", "shared-patient-invalid", "H1")
-    assert held.detail == (
-        "the shared Patient merged with this record's demographics is not valid (code-not-in-value-set: "
-        "Patient.gender: code not in the required value set); nothing of the record is stored"
-    )
-    assert sorted(tuple(r) for r in kept) == [("G-OLD", NHS), ("H1", OTHER_NHS)]
-    # A later batch naming the person: held back again, and the rest of it stored.
+        assert await quarantine.listing(conn) == []
+    assert ("H1", NHS) in {tuple(r) for r in kept}  # the acute record is held, ready for a good merge
+    assert (NHS, MERGED_PATIENT_INVALID, "acute,fhir,gp") in await conflict_rows(services)
+    # A later batch naming the person goes in the same way.
     third = f"PID|1||H3^^^R9Z01^MR~{THIRD_NHS}^^^NHS^NH||Gamma^Cy||19800101|F"
     again = await services.ingestor.run(
         "acute", AcuteAdapter().read(io.BytesIO(adt("A08", DIED_PID) + adt("A08", third))), "again.hl7"
     )
-    assert (again.accepted, dict(again.quarantined)) == (1, {"shared-patient-invalid": 1})
+    assert (again.accepted, again.quarantined_total) == (2, 0)
     assert (await shared_patient(services, THIRD_NHS))["name"][0]["family"] == "Gamma"

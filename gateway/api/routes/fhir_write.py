@@ -50,7 +50,7 @@ from gateway.api.outcome import (
 )
 from gateway.api.principal import Principal, Role
 from gateway.api.push import Pushed, PushService
-from gateway.api.routes.metadata import CONDITIONAL_UPDATE, INTERACTIONS
+from gateway.api.routes.metadata import INTERACTIONS
 from gateway.bootstrap import Services
 from gateway.store import idempotency
 from gateway.store.idempotency import Claimed, KeyInUse, KeyReused, Stored
@@ -106,9 +106,8 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
     openapi_extra={
         **openapi.body("A transaction or batch Bundle", FHIR_JSON, openapi.JSON),
         INTERACTIONS: ["transaction", "batch"],  # declared in the CapabilityStatement
-        CONDITIONAL_UPDATE: ["Patient", "CarePlan"],  # PUT Type?identifier=system|value
     },
-    responses=openapi.PUSH_ERRORS,
+    responses=openapi.FHIR_PUSH_ERRORS,
 )
 async def push_bundle(
     request: Request,

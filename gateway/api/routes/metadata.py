@@ -13,10 +13,10 @@ Search parameters come from one table per source of truth:
   parameters by hand and carries no list declares the search interaction with no parameters.
 
 System interactions: ``POST /fhir`` is ``transaction``, unless the route names what it serves in its
-OpenAPI extension ``x-fhir-interactions`` (the push route: ``transaction`` and ``batch``). A route
-whose Bundles honour conditional updates names their types in ``x-fhir-conditional-update`` (the push
-route: ``PUT Patient?identifier=`` by NHS number, ``PUT CarePlan?identifier=``); those types declare
-``conditionalUpdate``. Conditional creates and deletes are not declared: a push refuses them.
+OpenAPI extension ``x-fhir-interactions`` (the push route: ``transaction`` and ``batch``).
+No type declares ``conditionalUpdate``: a push takes ``PUT Type?identifier=system|value`` only as a
+check of the criteria against the body, then updates the record the body identifies, with no search
+(docs/api-write.md), which is not what the flag promises. Conditional creates and deletes are refused.
 Conditional reads: ``not-match`` for the read API's types (``If-None-Match``, answered 304 by
 ``fhir_responses.resource_response``; ``If-Modified-Since`` is not honoured).
 Operations are declared only when their definition is known (``OPERATIONS``).
@@ -97,9 +97,6 @@ EXTRA = "x-fhir-search"
 #: The OpenAPI extension a system-level route may carry to name the interactions it serves:
 #: ``openapi_extra={"x-fhir-interactions": ["transaction", "batch"]}``.
 INTERACTIONS = "x-fhir-interactions"
-#: The OpenAPI extension a system-level route carries to name the types whose conditional updates
-#: its Bundles honour: ``openapi_extra={"x-fhir-conditional-update": ["Patient", "CarePlan"]}``.
-CONDITIONAL_UPDATE = "x-fhir-conditional-update"
 #: The read API's conditional reads (``fhir_responses.resource_response``): If-None-Match only.
 CONDITIONAL_READ = "not-match"
 OPERATIONS = {"everything": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}
@@ -155,7 +152,6 @@ def capability_statement(app: FastAPI, public_url: str) -> dict[str, Any]:
     kinds: dict[str, set[str]] = {}
     declared: dict[str, dict[str, dict[str, str]]] = {}
     system: set[str] = set()
-    conditional: set[str] = set()
     for path, operations in app.openapi().get("paths", {}).items():
         for method, operation in operations.items():
             found = classify(method.upper(), path)
@@ -165,7 +161,6 @@ def capability_statement(app: FastAPI, public_url: str) -> dict[str, Any]:
             if rtype is None:
                 named = operation.get(INTERACTIONS)
                 system.update(named if isinstance(named, list) else [what])
-                conditional.update(operation.get(CONDITIONAL_UPDATE) or ())
                 continue
             kinds.setdefault(rtype, set()).add(what)
             if what == "search-type" and rtype not in IMPLEMENTED:
@@ -175,10 +170,7 @@ def capability_statement(app: FastAPI, public_url: str) -> dict[str, Any]:
         "documentation": "One person per search (by NHS number or the shared Patient); "
         "a person the caller may not see is indistinguishable from one concord does not hold.",
         "security": _security(base),
-        "resource": [
-            _resource(t, kinds.get(t, set()), declared.get(t, {}), t in conditional)
-            for t in sorted(kinds.keys() | conditional)
-        ],
+        "resource": [_resource(t, kinds[t], declared.get(t, {})) for t in sorted(kinds)],
     }
     if system:
         rest["interaction"] = [{"code": code} for code in sorted(system)]
@@ -228,9 +220,7 @@ def _declared_params(operation: dict[str, Any]) -> dict[str, dict[str, str]]:
     return declared
 
 
-def _resource(
-    rtype: str, kinds: set[str], declared: dict[str, dict[str, str]], conditional_update: bool
-) -> dict[str, Any]:
+def _resource(rtype: str, kinds: set[str], declared: dict[str, dict[str, str]]) -> dict[str, Any]:
     entry: dict[str, Any] = {"type": rtype}
     if rtype in PROFILES:
         entry["supportedProfile"] = PROFILES[rtype]
@@ -242,8 +232,6 @@ def _resource(
         entry["readHistory"] = True
     if "read" in kinds and rtype in IMPLEMENTED:
         entry["conditionalRead"] = CONDITIONAL_READ
-    if conditional_update:
-        entry["conditionalUpdate"] = True
     if "search-type" in kinds:
         params = _search_params(rtype, declared)
         if params:

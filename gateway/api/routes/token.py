@@ -28,7 +28,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from gateway.api import assertion, openapi, scopes
-from gateway.api.client_keys import ClientKeys
+from gateway.api.client_keys import ClientKeys, jwks_url
 from gateway.api.oauth import JSON, NO_STORE, TOKEN_PATH, Rejected, error_body
 from gateway.api.replay import STORE_ERRORS, ReplayStore, ReplayUnavailable, build_replay_store
 from gateway.api.token_request import TokenRequest, parse_form
@@ -121,6 +121,7 @@ async def _issue(request: Request, asked: TokenRequest, attempt: _Attempt) -> di
         raise Rejected("invalid_client", "client_id does not match the assertion's iss")
     if client.disabled:
         raise Rejected("invalid_client", "the client is not registered or is disabled")
+    assertion.check_jku(unverified, jwks_url(client.jwks))
     client_keys: ClientKeys = request.app.state.client_keys
     keys = await client_keys.keys(client_id, client.jwks, unverified.header.get("kid"))
     claims = assertion.verify(asked.assertion, unverified, keys)

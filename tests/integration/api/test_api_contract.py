@@ -66,6 +66,9 @@ async def test_openapi_documents_the_answers_of_pushes_the_token_endpoint_and_op
         assert {"200", "400", "401", "403", "409", "413", "415"} <= set(
             _operation(spec, "post", path)["responses"]
         )
+    push = _operation(spec, "post", "/fhir")["responses"]
+    assert "_format" in push["406"]["description"]  # a push negotiates content as the read API does
+    assert "bdl-7" in push["400"]["description"] and "Bundle.type" in push["400"]["description"]
     assert {"413", "415"} <= set(_operation(spec, "post", "/fhir/Consent")["responses"])
     token = _operation(spec, "post", "/token")
     assert {"200", "400", "503"} <= set(token["responses"])

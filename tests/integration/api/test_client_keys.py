@@ -164,6 +164,48 @@ async def test_a_new_kid_fetches_the_set_again_at_most_once_a_minute(
     assert keys_server.requests == 2
 
 
+async def test_a_failed_refetch_for_an_unknown_kid_keeps_the_kept_keys(
+    services: Services, setup: Setup, keys_server: KeyServer
+) -> None:
+    # The kid is read before the signature is checked: anyone can send iss=victim with a bogus kid.
+    # If the victim's key server blips then, its kept keys must stay usable until their time is up.
+    key = new_key()
+    keys_server.serve(key)
+    keys_server.headers = {"Cache-Control": "max-age=3600"}
+    caller = await by_url(services, key, keys_server.url)
+    assert await token_status(setup, caller) == 200
+    keys_server.status = 503
+    setup.clock.now += client_keys.REFETCH_SECONDS + 1
+    attacker = Registered(caller.client_id, caller.name, new_key(), "no-such-kid", "ES384")
+    assert "kid" in await refused(setup.client, form(attacker.assertion()), "invalid_client")
+    assert keys_server.requests == 2  # the refetch was made, and failed
+    assert await token_status(setup, caller) == 200  # the victim is not locked out
+    await refused(setup.client, form(attacker.assertion()), "invalid_client")
+    assert keys_server.requests == 2  # the failed attempt moved the refetch clock
+    # Kept keys are not used once their time is up: then the failure is the answer.
+    setup.clock.now += 3600
+    assert "could not be fetched" in await refused(setup.client, form(caller.assertion()), "invalid_client")
+    assert keys_server.requests == 3
+
+
+async def test_a_jku_equal_to_the_registered_url_is_accepted_any_other_refused(
+    services: Services, setup: Setup, keys_server: KeyServer
+) -> None:
+    # SMART Backend Services: a jku, when present, must match the client's registered JWKS URL.
+    key = new_key()
+    keys_server.serve(key)
+    caller = await by_url(services, key, keys_server.url)
+    sent = await setup.client.post("/token", data=form(caller.assertion(headers={"jku": keys_server.url})))
+    assert sent.status_code == 200, sent.text
+    for other in ("https://attacker.example/jwks.json", keys_server.url + "?x=1"):
+        assertion = caller.assertion(headers={"jku": other})
+        assert "jku" in await refused(setup.client, form(assertion), "invalid_client")
+    assert keys_server.requests == 1  # the jku itself is never fetched
+    for header in ({"x5u": keys_server.url}, {"jwk": public_jwk(key.public_key(), "ES384")}):
+        assertion = caller.assertion(headers={"jku": keys_server.url, **header})
+        assert "names a key" in await refused(setup.client, form(assertion), "invalid_client")
+
+
 @pytest.mark.parametrize(
     ("problem", "expected"),
     [
@@ -299,6 +341,36 @@ def test_set_keys_applies_the_checks_add_applies(cli_env: Path, tmp_path: Path) 
     assert isinstance(private_key, ec.EllipticCurvePrivateKey)
     (row,) = orjson.loads(invoke("clients", "list", "--json").stdout)
     assert row["key_ids"] == [public_jwk(private_key.public_key(), "ES384")["kid"]]
+
+
+def test_a_jwks_file_that_also_names_a_jwks_uri_is_refused(cli_env: Path, tmp_path: Path) -> None:
+    # Stored, /token would read the row as a URL (one never checked as --jwks-url checks it).
+    key = new_key()
+    path = tmp_path / "both.json"
+    jwks = {"keys": [public_jwk(key.public_key(), "ES384")], "jwks_uri": "http://keys.example/j"}
+    path.write_bytes(orjson.dumps(jwks))
+    args = ["clients", "add", "--name", "epr", "--ods-code", "RX1", "--role", "provider"]
+    result = invoke(*args, "--scopes", "system/*.read", "--jwks", str(path))
+    assert result.exit_code != 0 and "jwks_uri" in result.output
+    assert orjson.loads(invoke("clients", "list", "--json").stdout) == []
+    assert (
+        invoke(*args, "--scopes", "system/*.read", "--jwks", jwks_file(tmp_path / "k.json", key)).exit_code
+        == 0
+    )
+    result = invoke("clients", "set-keys", "--name", "epr", "--jwks", str(path))
+    assert result.exit_code != 0 and "jwks_uri" in result.output
+
+
+async def test_a_stored_set_that_also_names_a_jwks_uri_is_not_fetched(
+    services: Services, setup: Setup, keys_server: KeyServer
+) -> None:
+    # A row written before registration refused such sets: neither fetched nor used.
+    key = new_key()
+    keys_server.serve(key)
+    jwks = {"keys": [public_jwk(key.public_key(), "ES384")], "jwks_uri": keys_server.url}
+    caller = await register(services, key, "ES384", jwks=orjson.dumps(jwks).decode())
+    assert "unusable" in await refused(setup.client, form(caller.assertion()), "invalid_client")
+    assert keys_server.requests == 0 and setup.keys.fetches == 0
 
 
 def test_a_client_registers_and_rolls_to_a_jwks_url(cli_env: Path, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from reachable import POSTGRES_URL
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from adapters.fhir import FhirBundleAdapter
 from gateway.api.app import create_app
 from gateway.api.principal import Principal, Role
 from gateway.bootstrap import Services, bootstrap
@@ -692,10 +693,46 @@ async def test_a_council_ods_code_in_lower_case_updates_the_same_plans(
     assert plan["identifier"][0]["system"].endswith("/social-care-care-plan/E09000031")
 
 
-async def test_metadata_declares_the_conditional_updates_a_push_honours(client: httpx.AsyncClient) -> None:
+async def test_metadata_declares_no_conditional_update(client: httpx.AsyncClient) -> None:
+    """A conditional URL is checked against the body, then the body's record is updated: no search is
+    made, so ``conditionalUpdate`` (which promises one) is not declared (docs/api-write.md)."""
     rest = (await client.get("/fhir/metadata")).json()["rest"][0]
     by_type = {r["type"]: r for r in rest["resource"]}
-    assert (
-        by_type["Patient"]["conditionalUpdate"] is True and by_type["CarePlan"]["conditionalUpdate"] is True
-    )
-    assert "conditionalCreate" not in by_type["Patient"] and "conditionalUpdate" not in by_type["Consent"]
+    assert {"Patient", "CarePlan", "Consent"} <= set(by_type)
+    for declared in by_type.values():
+        assert "conditionalUpdate" not in declared and "conditionalCreate" not in declared
+    assert {"transaction", "batch"} <= {i["code"] for i in rest["interaction"]}
+
+
+async def test_a_bundle_nested_too_deep_is_refused_whole(
+    app: FastAPI, client: httpx.AsyncClient, services: Services
+) -> None:
+    """Was a 500: orjson writes at most 255 levels (and Python recursion has its limit too)."""
+    deep: Any = {"url": "https://example.org/x", "valueString": "x"}
+    for _ in range(300):
+        deep = {"url": "https://example.org/x", "extension": [deep]}
+    body = patient()
+    body["extension"] = [deep]
+    response = await client.post("/fhir", content=bundle(entry(body, 0)), headers=push_headers(app))
+    assert response.status_code == 400, response.text
+    assert "deeper than" in response.json()["issue"][0]["diagnostics"]
+    assert await stored_counts(services) == ({}, 0)
+
+
+async def test_a_record_held_back_with_an_if_match_replays(
+    app: FastAPI, client: httpx.AsyncClient, services: Services
+) -> None:
+    """The precondition was the push's: a replay (a CLI adapter that compares no versions) neither
+    checks it again nor refuses it (was quarantined again as fhir-conditional-not-supported)."""
+    plan = a_plan(id="cp-1")
+    put = {"resource": plan, "request": {"method": "PUT", "url": "CarePlan/cp-1", "ifMatch": 'W/"1"'}}
+    response = await client.post("/fhir", content=bundle(entry(patient(), 0), put), headers=push_headers(app))
+    assert [e["response"]["status"] for e in response.json()["entry"]] == ["412 Precondition Failed"] * 2
+    async with services.engine.connect() as conn:
+        [held] = await quarantine.listing(conn, source="fhir")
+    assert held.reason == "fhir-precondition-failed"
+    replayed = await services.ingestor.replay([held.id], {"fhir": FhirBundleAdapter()})
+    assert (replayed.accepted, replayed.quarantined_total) == (1, 0)
+    assert len(await stored_plans(services)) == 1
+    async with services.engine.connect() as conn:
+        assert await quarantine.listing(conn, source="fhir") == []

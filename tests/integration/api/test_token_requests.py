@@ -132,9 +132,14 @@ async def test_smart_v2_scopes_are_granted_as_their_v1_equivalents(
     response = await client.post("/token", data=form(provider.assertion(), scope="system/Patient.rs"))
     assert response.json()["scope"] == "system/Patient.rs"
     assert await opens_the_probe(client, response)
-    narrow = await client.post("/token", data=form(provider.assertion(), scope="system/Patient.r"))
-    assert narrow.json()["scope"] == "system/Patient.r"
-    assert not await opens_the_probe(client, narrow)  # read without search: not system/Patient.read
+    # Read without search opens no route: not granted (a token for it would be 403 everywhere).
+    for narrow in ("system/Patient.r", "system/Patient.s", "system/Consent.cu"):
+        await refused(client, form(provider.assertion(), scope=narrow), "invalid_scope")
+    mixed = await client.post(
+        "/token", data=form(provider.assertion(), scope="system/Patient.r system/Patient.rs")
+    )
+    assert mixed.json()["scope"] == "system/Patient.rs"
+    assert await opens_the_probe(client, mixed)
     await refused(client, form(provider.assertion(), scope="system/Patient.cud"), "invalid_scope")
 
 
@@ -160,9 +165,12 @@ async def test_a_jti_with_a_nul_is_invalid_client_on_either_store(
 
 
 async def test_a_header_naming_a_key_is_refused(client: httpx.AsyncClient, provider: Registered) -> None:
-    for header in ({"jku": "https://attacker.example/jwks.json"}, {"x5u": "https://attacker.example/c"}):
+    for header in ({"x5u": "https://attacker.example/c"}, {"x5c": ["MIIB"]}):
         assertion = provider.assertion(headers=header)
         assert "names a key" in await refused(client, form(assertion), "invalid_client")
+    # The provider registered its JWK Set, not a URL: no jku matches its registration.
+    assertion = provider.assertion(headers={"jku": "https://attacker.example/jwks.json"})
+    assert "jku" in await refused(client, form(assertion), "invalid_client")
 
 
 # --- the log ----------------------------------------------------------------------------------------

@@ -560,6 +560,53 @@ def test_if_match_is_taken_on_care_plan_updates_only_when_the_caller_checks_it()
     assert isinstance(record, SourceRecord)
 
 
+def test_a_record_with_if_match_rereads_whatever_it_was_held_back_for() -> None:
+    """Replay rereads with an adapter that compares no versions: the precondition was the push's, so
+    it is neither checked again nor refused (was quarantined again, fhir-conditional-not-supported)."""
+    plan = {**a_plan(), "id": "cp1"}
+    sent = bundle(entry(richard()), conditional(plan, method="PUT", url="CarePlan/cp1", ifMatch='W/"2"'))
+    [record] = read(sent, FhirBundleAdapter(checks_if_match=True))
+    assert isinstance(record, SourceRecord)
+    held = RecordError(
+        record.source, record.location, "fhir-precondition-failed", "request.ifMatch", "", record.raw
+    )
+    assert list(FhirBundleAdapter().reread(held.raw, held.location)) == [record]
+    # Elsewhere no push takes an ifMatch: a Patient's is refused on replay as it was on the push.
+    on_patient = bundle(
+        conditional(
+            richard(), method="PUT", url="Patient/UKCore-Patient-RichardSmith-Example", ifMatch='W/"1"'
+        )
+    )
+    [error] = read(on_patient, FhirBundleAdapter(checks_if_match=True))
+    assert isinstance(error, RecordError)
+    [again] = FhirBundleAdapter().reread(error.raw, error.location)
+    assert isinstance(again, RecordError) and again.reason == "fhir-conditional-not-supported"
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """A Patient whose extension nests ``depth`` levels of objects and arrays (below the resource)."""
+    deep: Any = {"url": "https://example.org/x", "valueString": "x"}
+    for _ in range((depth - 1) // 2):
+        deep = {"url": "https://example.org/x", "extension": [deep]}
+    return {**richard(), "extension": [deep]}
+
+
+@pytest.mark.parametrize("depth", [128, 300, 900])
+def test_a_bundle_nested_too_deep_is_refused_whole(depth: int) -> None:
+    """Was a TypeError from the JSON encoder (255 levels at most): a 500 from the API, a traceback
+    from the command line. Refused before anything walks it, on read and on reread."""
+    text = json.dumps(bundle(entry(nested(depth))))
+    with pytest.raises(AdapterError, match="deeper than 100 levels"):
+        read(text)
+    with pytest.raises(AdapterError, match="deeper than 100 levels"):
+        list(FhirBundleAdapter().reread(text, "entry 0"))
+
+
+def test_a_bundle_at_the_depth_limit_is_read() -> None:
+    [record] = read(bundle(entry(nested(95))))  # Bundle, entry, entry[0], resource: 4 levels more
+    assert isinstance(record, SourceRecord)
+
+
 # --- Bundle invariants (bdl-3, bdl-7) and the request element ----------------------------------------
 
 

@@ -128,6 +128,14 @@ def test_short_rsa_keys_and_duplicate_kids_and_non_sets_are_refused(
             assertion.parse_jwks(text)
 
 
+def test_a_set_that_also_names_a_jwks_uri_is_refused(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    # The registry tells a URL registration by jwks_uri: a set holding it would be ambiguous.
+    jwk = assertion.public_jwk(ec_key.public_key(), "ES384")
+    text = orjson.dumps({"keys": [jwk], "jwks_uri": "http://keys.example/jwks.json"}).decode()
+    with pytest.raises(JwksError, match="jwks_uri"):
+        assertion.parse_jwks(text)
+
+
 def test_thumbprint_matches_rfc_7638() -> None:
     jwk = {
         "kty": "RSA",
@@ -181,20 +189,43 @@ def test_header_extensions_are_refused() -> None:
 @pytest.mark.parametrize(
     "header",
     [
-        {"jku": "https://attacker.example/jwks.json"},
         {"x5u": "https://attacker.example/cert.pem"},
         {"jwk": {"kty": "EC", "crv": "P-384", "x": "AAAA", "y": "AAAA"}},
         {"x5c": ["MIIB"]},
     ],
 )
 def test_a_header_naming_a_key_is_refused(ec_key: ec.EllipticCurvePrivateKey, header: dict[str, Any]) -> None:
-    # Even signed with the registered key: keys come from the registration only (SMART: a jku
-    # that is not whitelisted fails verification).
+    # Even signed with the registered key: keys come from the registration only.
     jwk = assertion.public_jwk(ec_key.public_key(), "ES384")
     token = jwt.encode(claims(), ec_key, algorithm="ES384", headers={"kid": jwk["kid"], **header})
     with pytest.raises(Rejected, match="names a key") as caught:
         assertion.read(token)
     assert caught.value.error == "invalid_client"
+
+
+REGISTERED_URL = "https://keys.example.nhs.uk/jwks.json"
+
+
+def test_a_jku_is_accepted_only_if_it_is_the_registered_jwks_url() -> None:
+    # SMART Backend Services: a jku, when present, must match the client's registered JWKS URL.
+    sent = assertion.read(raw({"alg": "ES384", "kid": "k", "jku": REGISTERED_URL}, claims()))
+    assertion.check_jku(sent, REGISTERED_URL)
+    assertion.check_jku(assertion.read(raw({"alg": "ES384", "kid": "k"}, claims())), REGISTERED_URL)
+    assertion.check_jku(assertion.read(raw({"alg": "ES384", "kid": "k"}, claims())), None)
+    for jku, registered in (
+        ("https://attacker.example/jwks.json", REGISTERED_URL),
+        (REGISTERED_URL + "?", REGISTERED_URL),
+        (REGISTERED_URL.upper(), REGISTERED_URL),
+        (REGISTERED_URL, None),  # the client registered a JWK Set, not a URL
+    ):
+        with pytest.raises(Rejected, match="jku") as caught:
+            assertion.check_jku(
+                assertion.read(raw({"alg": "ES384", "kid": "k", "jku": jku}, claims())), registered
+            )
+        assert caught.value.error == "invalid_client"
+    for bad in (None, 5, [REGISTERED_URL], {"url": REGISTERED_URL}):
+        with pytest.raises(Rejected, match="jku"):
+            assertion.read(raw({"alg": "ES384", "kid": "k", "jku": bad}, claims()))
 
 
 def test_verify_needs_the_named_key_of_the_right_type(

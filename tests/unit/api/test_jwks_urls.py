@@ -50,6 +50,8 @@ def test_a_registered_set_is_not_a_url() -> None:
     assert jwks_url('{"keys": [{"kid": "k"}]}') is None
     assert jwks_url("not json") is None
     assert jwks_url('{"jwks_uri": 5}') is None
+    # A set that also holds jwks_uri is read as a set (and parse_jwks refuses it): never a URL.
+    assert jwks_url('{"keys": [{"kid": "k"}], "jwks_uri": "https://keys.example/j"}') is None
 
 
 @pytest.mark.parametrize(

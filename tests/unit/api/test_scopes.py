@@ -93,5 +93,22 @@ def test_v2_permissions_cover_as_sets() -> None:
     assert not principal.allows("system/CarePlan.read")
 
 
+@pytest.mark.parametrize(
+    "useless", ["system/Patient.r", "system/Patient.s", "system/Patient.cu", "system/*.rd", "system/*.cus"]
+)
+def test_a_v2_scope_that_opens_no_route_is_not_granted(useless: str) -> None:
+    # Every route needs a whole v1 set (rs or cud): such a token would be 200 at /token, 403 everywhere.
+    registered = {"system/*.*"}
+    assert "rs to read or cud to write" in refused(useless, registered)
+    assert scopes.grant(f"{useless} system/Patient.rs", registered) == ("system/Patient.rs",)
+
+
+def test_v2_scopes_that_hold_a_route_set_are_granted_as_asked() -> None:
+    registered = {"system/*.*"}
+    for requested in ("system/Patient.rs", "system/Patient.cud", "system/Patient.cruds", "system/*.rds"):
+        assert scopes.grant(requested, registered) == (requested,)
+    assert all(scopes.opens_a_route(p) for p in map(scopes.parse, scopes.SUPPORTED) if p is not None)
+
+
 def test_supported_scopes_parse() -> None:
     assert all(scopes.parse(s) is not None for s in scopes.SUPPORTED)

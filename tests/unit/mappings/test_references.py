@@ -30,3 +30,37 @@ def test_an_extension_with_a_value_left_is_kept() -> None:
     assert settled(plan, {}, set())["extension"] == [
         {"url": "https://example.org/carer", "valueReference": {"display": "A"}}
     ]
+
+
+def test_a_complex_extension_left_with_no_sub_extension_is_dropped_too() -> None:
+    """Bottom up: the parent is judged once its children are cleaned, at every level (was stored as
+    a bare ``{"url": ...}``, against ext-1)."""
+    carer = "https://example.org/carer"
+    plan = {
+        "resourceType": "CarePlan",
+        "id": "cp1",
+        "extension": [
+            {
+                "url": carer,
+                "extension": [
+                    {
+                        "url": "who",
+                        "extension": [{"url": "person", "valueReference": {"reference": "Patient/other"}}],
+                    },
+                    {"url": "since", "valueReference": {"reference": "Patient/other"}},
+                ],
+            },
+            {
+                "url": "https://example.org/contact",
+                "extension": [
+                    {"url": "who", "valueReference": {"reference": "Patient/other"}},
+                    {"url": "role", "valueString": "neighbour"},
+                ],
+            },
+        ],
+    }
+    assert settled(plan, {}, set())["extension"] == [
+        {"url": "https://example.org/contact", "extension": [{"url": "role", "valueString": "neighbour"}]}
+    ]
+    alone = {**plan, "extension": plan["extension"][:1]}
+    assert settled(alone, {}, set()) == {"resourceType": "CarePlan", "id": "cp1"}
