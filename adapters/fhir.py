@@ -38,7 +38,7 @@ from adapters.fhir_entries import conditional_identifier, conditional_problem, e
 from adapters.fhir_references import EntryIndex, nhs_identifiers, nhs_numbers, rebased
 from adapters.fhir_references import stripped as _str
 from adapters.json_shape import repeated_name
-from adapters.records import AdapterError, Item, RecordError, SourceRecord, as_text
+from adapters.records import AdapterError, Item, RecordError, SourceRecord, as_text, ods_code
 
 SOURCE: Final = "fhir"
 MAX_BUNDLE_CHARS: Final = 10 * 1024 * 1024
@@ -413,5 +413,5 @@ def _ods_of_source(source: Any) -> str:
 
 
 def _ods(code: str) -> str:
-    code = code.strip().upper()
+    code = ods_code(code)
     return code if _ODS_CODE.fullmatch(code) else ""

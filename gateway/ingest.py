@@ -417,33 +417,30 @@ class Ingestor:
             patient_id,
             [Contribution(c.source, c.local_id, c.content, c.recorded) for c in contributions.values()],
         )
-        try:
-            self.cache.validate(merged, content_hash(merged))  # as ``_stage`` will: cached by that hash
-        except ValidationFailure:
-            log.warning("a shared Patient is not valid once merged: its previous version is kept")
+        try:  # the Patient first and alone: when it is not valid, nothing of it is staged
+            await self._stage(conn, [merged], nhs_number, current, batch)
+        except ValidationFailure as exc:
+            log.warning(
+                "a shared Patient is not valid once merged (%s): its previous version is kept", exc.reason
+            )
             sources = tuple(sorted({c.source for c in contributions.values()}))
-            found = [*found, Conflict(MERGED_PATIENT_INVALID, sources, len(sources))]
-            batch.conflicts[nhs_number] = found
-            for conflict in found:
-                batch.report.conflicts[conflict.element] += 1
-            return
-        resources = [merged]
-        by_source: dict[str, list[StoredContribution]] = {}
-        for c in contributions.values():
-            by_source.setdefault(c.source, []).append(c)
-        for source, group in sorted(by_source.items()):
-            ods = next((c.source_ods for c in group if c.source_ods), None)
-            resources.append(
+            found = [*found, Conflict(MERGED_PATIENT_INVALID, sources, 0)]  # no values compared
+        else:
+            by_source: dict[str, list[StoredContribution]] = {}
+            for c in contributions.values():
+                by_source.setdefault(c.source, []).append(c)
+            provenances = [
                 provenance(
                     self.mapper.ids,
                     source,
                     f"Patient/{patient_id}",
                     [c.local_id for c in group],
-                    ods,
+                    next((c.source_ods for c in group if c.source_ods), None),
                     "Patient",
                 )
-            )
-        await self._stage(conn, resources, nhs_number, current, batch)
+                for source, group in sorted(by_source.items())
+            ]
+            await self._stage(conn, provenances, nhs_number, current, batch)
         batch.conflicts[nhs_number] = found
         for conflict in found:
             batch.report.conflicts[conflict.element] += 1

@@ -1,4 +1,5 @@
-"""What of a request path may be logged: digit runs (an NHS number, any long id) redacted. Pure.
+"""What of a request path may be logged, or of a parameter name echoed: digit runs (an NHS number,
+any long id) redacted. Pure.
 
 The access logs (the API's ``RequestMiddleware``, the HIE stub's) name a matched route by its
 template; a path that matched no route is logged through ``path``, which first undoes percent
@@ -33,3 +34,10 @@ def path(raw: str) -> str:
             break
         decoded = once
     return _DIGITS.sub(REDACTED, decoded)[:MAX_CHARS]
+
+
+def parameter_name(name: str) -> str:
+    """A query parameter's name fit to echo in an answer (an unknown parameter's OperationOutcome):
+    printable, at most 40 characters, digit runs as ``…``, whatever separates their digits."""
+    kept = "".join(ch for ch in name[:40] if ch.isprintable())
+    return _DIGITS.sub("…", kept)

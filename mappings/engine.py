@@ -158,13 +158,14 @@ def _dig(data: Any, dotted: str) -> Any:
     return data
 
 
-def pruned(value: Any) -> Any:
+def pruned(value: Any, drop: Callable[[Any], bool] = lambda _: False) -> Any:
     """Drop empty elements left behind (a list padded by writing index 1 before 0, a Reference whose
-    reference was removed)."""
+    reference was removed), and list items for which ``drop`` is true. Bottom up: an element's
+    children are cleaned before it is judged."""
     if isinstance(value, dict):
-        return {k: p for k, v in value.items() if not empty(p := pruned(v))}
+        return {k: p for k, v in value.items() if not empty(p := pruned(v, drop))}
     if isinstance(value, list):
-        return [p for v in value if not empty(p := pruned(v))]
+        return [p for v in value if not empty(p := pruned(v, drop)) and not drop(p)]
     return value
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Set
 from typing import Any
 
-from mappings.engine import empty
+from mappings.engine import pruned
 
 
 def settled(resource: Mapping[str, Any], named: Mapping[str, str], allowed: Set[str]) -> dict[str, Any]:
@@ -34,24 +34,10 @@ def settled(resource: Mapping[str, Any], named: Mapping[str, str], allowed: Set[
     else:
         body.pop("contained", None)
     ids = {f"#{c['id']}" for c in contained if isinstance(c.get("id"), str)}
-    out: dict[str, Any] = _valued(_local(body, ids | {"#"}))
+    # ext-1: an extension whose value was a reference now removed, and that holds no extensions of
+    # its own, says nothing: dropped, at every level, rather than stored as a bare ``url``.
+    out: dict[str, Any] = pruned(_local(body, ids | {"#"}), drop=_bare_extension)
     return out
-
-
-def _valued(value: Any) -> Any:
-    """ext-1: an extension whose value was a reference now removed (and holds no extensions of its
-    own) says nothing; it is dropped rather than stored as a bare ``url``.
-
-    Bottom up, pruning as it goes (``mappings.engine.pruned``): an element's children are cleaned
-    before it is judged, so a complex extension whose only sub-extensions were dropped (or left
-    empty) goes too, at every level.
-    """
-    if isinstance(value, list):
-        kept = (_valued(v) for v in value)
-        return [v for v in kept if not empty(v) and not _bare_extension(v)]
-    if isinstance(value, Mapping):
-        return {k: v for k, child in value.items() if not empty(v := _valued(child))}
-    return value
 
 
 def _bare_extension(value: Any) -> bool:

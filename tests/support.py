@@ -1,4 +1,5 @@
-"""Helpers shared by the mapping tests: one test mapper, validating what a record maps to, tallying an extract."""
+"""Helpers shared by the mapping tests: one test mapper, validating what a record maps to, tallying an
+extract; records senders send that concord must refuse."""
 
 from __future__ import annotations
 
@@ -75,3 +76,17 @@ def tally(mapper: Mapper, items: Iterable[Item]) -> Counter[str]:
         seen["mapped"] += 1
         seen.update(w.reason for w in mapped.warnings)
     return seen
+
+
+def plan_containing_stu3(plan_id: str, subject: str) -> dict[str, Any]:
+    """A CarePlan that contains an STU3 ProcedureRequest (a type R4 does not have), as senders moving
+    to R4 still send: the record it belongs to must be quarantined, the rest of its Bundle stored."""
+    return {
+        "resourceType": "CarePlan",
+        "id": plan_id,
+        "status": "active",
+        "intent": "plan",
+        "subject": {"reference": subject},
+        "contained": [{"resourceType": "ProcedureRequest", "id": "r1", "status": "active"}],
+        "activity": [{"reference": {"reference": "#r1"}}],
+    }

@@ -193,8 +193,9 @@ class ClientKeys:
         return self._keep(url, _Fetched(now, 0.0, None, description))
 
     def _keep(self, url: str, fetched: _Fetched) -> _Fetched:
-        if len(self._fetched) >= MAX_URLS:
+        if len(self._fetched) >= MAX_URLS:  # forget every set, and the locks of their fetches
             self._fetched.clear()
+            self._locks.clear()  # a fetch in flight keeps its own lock; at worst one more fetch runs
         self._fetched[url] = fetched
         return fetched
 

@@ -88,13 +88,18 @@ def http_date(when: datetime) -> str:
     return format_datetime(aware.astimezone(UTC), usegmt=True)
 
 
+def etag_version(tag: str) -> str:
+    """The version an ETag names (``W/"3"`` and ``"3"`` both name ``3``: weak comparison)."""
+    return tag.strip().removeprefix("W/").strip('"')
+
+
 def not_modified(if_none_match: str | None, version_id: int) -> bool:
     """Whether ``If-None-Match`` names ``version_id`` (weak comparison) or is ``*``."""
     if not if_none_match:
         return False
     for tag in if_none_match.split(","):
         tag = tag.strip()
-        if tag == "*" or tag.removeprefix("W/").strip('"') == str(version_id):
+        if tag == "*" or etag_version(tag) == str(version_id):
             return True
     return False
 

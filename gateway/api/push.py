@@ -40,6 +40,7 @@ from sqlalchemy import select, tuple_
 from adapters.fhir import FhirBundleAdapter
 from adapters.records import AdapterError, Item, RecordError, SourceRecord
 from adapters.social_care import SocialCareAdapter
+from gateway.api.fhir_responses import etag_version
 from gateway.api.outcome import BadRequest, Forbidden, insufficient_scope, operation_outcome
 from gateway.api.principal import Principal
 from gateway.bootstrap import Services
@@ -295,7 +296,7 @@ def _check_if_match(
             if tag is None or tag == "":
                 continue
             current = before.get(key)
-            if current is not None and _etag_version(tag) == str(current.version_id):
+            if current is not None and isinstance(tag, str) and etag_version(tag) == str(current.version_id):
                 continue
             state = "is not stored here" if current is None else "is at another version"
             detail = f"entry {n}: request.ifMatch names a version, and the CarePlan {state}"
@@ -309,11 +310,6 @@ def _check_if_match(
                 item.local_id,
             )
             break
-
-
-def _etag_version(tag: Any) -> str | None:
-    """The version an ETag (``W/"3"``, ``"3"``) names; None for anything else."""
-    return tag.strip().removeprefix("W/").strip('"') if isinstance(tag, str) else None
 
 
 def _resource_type(entry: Any) -> str | None:

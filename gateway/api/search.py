@@ -34,6 +34,7 @@ from urllib.parse import quote_plus
 import orjson
 
 from gateway.api.outcome import BadRequest
+from gateway.redact import parameter_name
 from mappings import nhs_number as nhs
 
 Pairs = Sequence[tuple[str, str]]
@@ -129,8 +130,8 @@ def parse(accepted: Mapping[str, str], pairs: Pairs, strict: bool, limits: Limit
         role = COUNT if name == COUNT else accepted.get(name)
         if role is None:
             if strict:
-                raise BadRequest(f"unknown search parameter: {_safe(name)}", code="not-supported")
-            ignored.append(_safe(name))
+                raise BadRequest(f"unknown search parameter: {parameter_name(name)}", code="not-supported")
+            ignored.append(parameter_name(name))
             continue
         if not value:
             continue  # an empty parameter is ignored (FHIR search)
@@ -223,12 +224,6 @@ def _reject_unsupported(name: str, accepted: Mapping[str, str]) -> None:
         raise BadRequest(f"search parameter {bare} is not supported", code="not-supported")
     if "." in name and name not in accepted:
         raise BadRequest("chained search is supported only to the Patient's identifier", code="not-supported")
-
-
-def _safe(name: str) -> str:
-    """A parameter name fit to echo: printable, short, and never a run of digits (could be a number)."""
-    kept = "".join(c for c in name[:40] if c.isprintable())
-    return re.sub(r"\d{6,}", "…", kept)
 
 
 def query_string(pairs: Iterable[tuple[str, str]]) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from support import plan_containing_stu3
 
 from adapters.fhir import FhirBundleAdapter
 from adapters.gp import GpAdapter
@@ -106,15 +107,7 @@ async def test_a_care_plan_containing_a_type_r4_lacks_is_quarantined_and_the_res
     """An STU3 ProcedureRequest inside a plan: that person's record is held, the other stored."""
     good = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": NHS, "value": "9990000018"}]}
     other = {"resourceType": "Patient", "id": "p2", "identifier": [{"system": NHS, "value": "9990000026"}]}
-    plan = {
-        "resourceType": "CarePlan",
-        "id": "cp2",
-        "status": "active",
-        "intent": "plan",
-        "subject": {"reference": "Patient/p2"},
-        "contained": [{"resourceType": "ProcedureRequest", "id": "r1", "status": "active"}],
-        "activity": [{"reference": {"reference": "#r1"}}],
-    }
+    plan = plan_containing_stu3("cp2", "Patient/p2")
     report = await ingest(services, transaction(good, other, plan))
     assert (report.records, report.accepted, dict(report.quarantined)) == (2, 1, {"fhir-invalid": 1})
     async with services.engine.connect() as conn:

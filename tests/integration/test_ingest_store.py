@@ -414,4 +414,31 @@ async def test_a_person_whose_merged_patient_will_not_validate_keeps_it_and_the_
         "acute", AcuteAdapter().read(io.BytesIO(adt("A08", DIED_PID) + adt("A08", third))), "again.hl7"
     )
     assert (again.accepted, again.quarantined_total) == (2, 0)
+    assert await shared_patient(services, NHS) == before
     assert (await shared_patient(services, THIRD_NHS))["name"][0]["family"] == "Gamma"
+
+
+async def test_a_new_person_whose_merged_patient_will_not_validate_gets_none_until_one_does(
+    services: Services,
+) -> None:
+    """No previous version to keep: no shared Patient (and none published) until a merge validates;
+    the person's records are stored meanwhile, and the report names them."""
+    await plant_contribution(services, NHS, gender="x")
+    report = await services.ingestor.run(
+        "acute", AcuteAdapter().read(io.BytesIO(adt("A08", DIED_PID))), "a.hl7"
+    )
+    assert (report.accepted, report.quarantined_total, report.conflicts[MERGED_PATIENT_INVALID]) == (1, 0, 1)
+    assert await shared_patient(services, NHS) == {}
+    async with services.engine.connect() as conn:
+        kept = {
+            tuple(r)
+            for r in (await conn.execute(select(contributions.c.local_id, contributions.c.nhs_number)))
+        }
+    assert ("H1", NHS) in kept
+    # The source whose stored record broke the merge sends it again, valid, and the next record for
+    # the person merges: the Patient is written.
+    await plant_contribution(services, NHS, gender="female")
+    changed = adt("A08", DIED_PID.replace("Smith^Ann", "Smith^Anne"))
+    again = await services.ingestor.run("acute", AcuteAdapter().read(io.BytesIO(changed)), "b.hl7")
+    assert again.conflicts[MERGED_PATIENT_INVALID] == 0
+    assert (await shared_patient(services, NHS))["gender"] == "female"

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from gateway.redact import MAX_CHARS, REDACTED, path
+from gateway.redact import MAX_CHARS, REDACTED, parameter_name, path
 
 NHS = "9990000018"
 
@@ -53,5 +53,16 @@ def test_the_logged_path_is_bounded_and_redaction_stays_fast() -> None:
     assert len(path("/" + "a" * 5000)) == MAX_CHARS
     started = time.perf_counter()
     for hostile in ("/" + "1%11" * 20_000 + "x", "1-" * 50_000, "%1" * 50_000, "1" + "-" * 100_000):
-        assert NHS not in path(hostile)
+        logged = path(f"/fhir/Foo/999+000+0018{hostile}")  # a number at the front of the padding
+        assert logged.startswith(f"/fhir/Foo/{REDACTED}")
+        assert NHS not in "".join(c for c in logged if c.isdigit())
     assert time.perf_counter() - started < 2.0
+
+
+def test_a_parameter_name_echoed_in_an_answer_has_no_number_however_spelled() -> None:
+    """An unknown search parameter is named in the OperationOutcome (search and AuditEvent)."""
+    for name in ("9990000018", "x999-000-0018", "999 000 0018", "a_999_000_0018"):
+        assert not any(c.isdigit() for c in parameter_name(name)), name
+    assert parameter_name("subject:identifier") == "subject:identifier"
+    assert parameter_name("_count2") == "_count2"
+    assert len(parameter_name("a" * 100)) == 40

@@ -51,6 +51,7 @@ from gateway.api.search import Limits, parse_count, parse_identifier, strict_han
 from gateway.audit.export import AuditFilter, parse_when
 from gateway.audit.verify import verify_store
 from gateway.bootstrap import Services
+from gateway.redact import parameter_name
 from gateway.store.audit import entries_query, read_head, stream_entries
 from gateway.store.schema import audit_log
 
@@ -230,8 +231,8 @@ def parse_audit_query(pairs: Sequence[tuple[str, str]], strict: bool, limits: Li
             continue
         if name not in _KNOWN:
             if strict:
-                raise BadRequest(f"unknown search parameter: {_safe(name)}", code="not-supported")
-            query.ignored.append(_safe(name))
+                raise BadRequest(f"unknown search parameter: {parameter_name(name)}", code="not-supported")
+            query.ignored.append(parameter_name(name))
             continue
         if not value or name == "_format":
             continue  # an empty parameter is ignored (FHIR search)
@@ -397,9 +398,3 @@ _MATCHES: Final[dict[str, Callable[[str], ColumnElement[bool]]]] = {
     "action": _action,
     "type": _type,
 }
-
-
-def _safe(name: str) -> str:
-    """A parameter name fit to echo: printable, short, never a run of digits (it could be a number)."""
-    kept = "".join(ch for ch in name[:40] if ch.isprintable())
-    return re.sub(r"\d{6,}", "…", kept)

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import orjson
 from fastapi import FastAPI
+from support import plan_containing_stu3
 
 from adapters.acute import AcuteAdapter
 from gateway.api.principal import Principal, Role
@@ -87,15 +88,7 @@ async def test_a_push_saying_not_deceased_after_an_acute_death_is_stored_whole(
 async def test_a_contained_resource_of_an_unknown_type_holds_only_its_record(
     app: FastAPI, client: httpx.AsyncClient, services: Services
 ) -> None:
-    plan = {
-        "resourceType": "CarePlan",
-        "id": "cp",
-        "status": "active",
-        "intent": "plan",
-        "subject": {"reference": "Patient/b"},
-        "contained": [{"resourceType": "ProcedureRequest", "id": "r1", "status": "active"}],
-        "activity": [{"reference": {"reference": "#r1"}}],
-    }
+    plan = plan_containing_stu3("cp", "Patient/b")
     body = transaction(patient(A, "a"), patient(B, "b"), plan)
     response = await client.post("/fhir", content=body, headers=headers(app))
     assert response.status_code == 200, response.text

@@ -477,18 +477,23 @@ def test_a_contained_resource_named_only_by_another_dropped_one_goes_too(mapper:
     assert "contained" not in care_plan
 
 
+def goal_about(patient_id: str, **subject: str) -> dict[str, Any]:
+    """A contained Goal whose subject is the shared Patient ``patient_id`` (someone else's, here)."""
+    return {
+        "resourceType": "Goal",
+        "id": "g1",
+        "lifecycleStatus": "active",
+        "description": {"text": "Walk to the shops"},
+        "subject": {"reference": f"Patient/{patient_id}", **subject},
+    }
+
+
 def test_literal_references_to_someone_else_are_not_stored_in_contained_resources_or_extensions(
     mapper: Mapper,
 ) -> None:
     """A contained Goal's subject and a valueReference naming another person's shared Patient here."""
     other_id = mapper.ids.patient("9990000026")
-    goal = {
-        "resourceType": "Goal",
-        "id": "g1",
-        "lifecycleStatus": "active",
-        "description": {"text": "Walk to the shops"},
-        "subject": {"reference": f"Patient/{other_id}", "display": "Walk with her husband"},
-    }
+    goal = goal_about(other_id, display="Walk with her husband")
     extension = [
         {
             "url": "https://ehr.example.nhs.uk/fhir/StructureDefinition/carer",
@@ -522,13 +527,7 @@ def test_a_contained_goal_whose_subject_was_someone_else_alone_is_quarantined_by
     mapper: Mapper,
 ) -> None:
     other_id = mapper.ids.patient("9990000026")
-    goal = {
-        "resourceType": "Goal",
-        "id": "g1",
-        "lifecycleStatus": "active",
-        "description": {"text": "x"},
-        "subject": {"reference": f"Patient/{other_id}"},
-    }
+    goal = goal_about(other_id)
     [record] = records(
         bundle(
             with_number({"resourceType": "Patient", "id": "p1"}),
