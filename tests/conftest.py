@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import settings as hypothesis_settings
 from reachable import POSTGRES_URL, need_service
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -27,6 +28,15 @@ SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures"
 TEST_ID_KEY = "0123456789abcdef0123456789abcdef"
 TEST_TOKEN_SECRET = "test-token-secret-0123456789abcdef0123456789"
+
+# Property tests: in CI the examples are derived from each test (derandomize), so a run is
+# reproducible and a commit is never turned red by a new random draw; `HYPOTHESIS_PROFILE=deep`
+# explores far more examples, randomly, when a property is being worked on.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+hypothesis_settings.register_profile("deep", max_examples=5000, deadline=None, print_blob=True)
+hypothesis_settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") == "true" else "default")
+)
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ import orjson
 def content_hash(resource: dict[str, Any]) -> str:
     meta = resource.get("meta")
     stripped = resource
-    if meta is not None and ("versionId" in meta or "lastUpdated" in meta or not meta):
+    if isinstance(meta, dict) and ("versionId" in meta or "lastUpdated" in meta or not meta):
         kept = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
         stripped = {k: v for k, v in resource.items() if k != "meta"}
         if kept:

@@ -137,6 +137,13 @@ def test_key_order_does_not_change_the_hash(resource: dict[str, Any], data: st.D
     assert content_hash(reorder(resource, data)) == content_hash(resource)
 
 
+@pytest.mark.parametrize("meta", [True, ["versionId"], "versionId", 7, None])
+def test_a_meta_that_is_not_an_object_is_hashed_as_it_is(meta: Any) -> None:
+    resource = {"resourceType": "Basic", "meta": meta}
+    assert content_hash(resource) == content_hash({"meta": meta, "resourceType": "Basic"})
+    assert content_hash(resource) != content_hash({"resourceType": "Basic"})
+
+
 def test_stamp_sets_version_and_instant_and_copies() -> None:
     plan = care_plan()
     stamped = stamp(plan, 3, WHEN)
