@@ -16,7 +16,7 @@ A message that cannot be used becomes a RecordError with one of these reasons:
     hl7-multiple-pid         more than one PID segment (one patient per message is agreed)
     local-id-missing         no hospital number among the PID-3 identifiers
 
-The whole input is refused (AdapterError) only when it is empty or its first
+The whole input is refused (AdapterError) only when it is empty, UTF-16 text, or its first
 segment is not MSH, FHS or BHS: then it is not an HL7 v2 file at all.
 """
 
@@ -58,9 +58,15 @@ FOLLOW_UP_ID: Final = "FOLLOWUP"
 NHS_NUMBER_OID: Final = "2.16.840.1.113883.2.1.4.1"
 
 _NHS_SHAPE = re.compile(r"\d{3}[ -]?\d{3}[ -]?\d{4}")
-_NHS_TYPES = frozenset({"NH", "HN", "NHS", "NHSNBR"})  # with the NHS as authority; NH on its own
+#: Assigning authorities (CX.4) of the other UK national patient numbers, sent with type NH as the NHS
+#: number is: Scotland's CHI number, Northern Ireland's Health and Care number. Never an NHS number.
+_OTHER_NATIONAL = frozenset({"CHI", "HSNI", "HSCNI", "HCN"})
 _HOSPITAL_TYPES = ("MR", "MRN", "MEDREC", "PI", "PT")
-_NOT_HOSPITAL_TYPES = frozenset({"SS", "NH", "HN", "NHS", "NHSNBR"})
+#: Identifier types (CX.5, HL7 table 0203) that are not the trust's number for the person: national
+#: numbers (NHS, social security, driving licence, passport) and the numbers of an account or a visit.
+_NOT_HOSPITAL_TYPES = frozenset(
+    {"SS", "NH", "HN", "NHS", "NHSNBR", "DL", "PPN", "AN", "ANC", "AND", "ANT", "ANON", "VN"}
+)
 _WITHDRAWN = frozenset({"D", "W"})  # OBX-11: deleted, wrong (withdrawn)
 _CODED = frozenset({"CE", "CWE", "CNE"})
 
@@ -287,8 +293,15 @@ class _Cx:
 
     @property
     def is_nhs(self) -> bool:
-        nhs_authority = self.authority.upper() == "NHS" or self.authority_oid == NHS_NUMBER_OID
-        return (nhs_authority and self.type in _NHS_TYPES | {""}) or self.type == "NH"
+        """Assigned by the NHS (CX.4 ``NHS`` or the NHS number OID), whatever its type; or of type NH,
+        unless another national scheme assigned it (a CHI or Health and Care number)."""
+        if self.authority.upper() == "NHS" or self.authority_oid == NHS_NUMBER_OID:
+            return True
+        return self.type == "NH" and self.authority.upper() not in _OTHER_NATIONAL
+
+    @property
+    def is_other_national(self) -> bool:
+        return self.authority.upper() in _OTHER_NATIONAL
 
 
 def _identifiers(pid: _Segment, facility: str) -> dict[str, str]:
@@ -308,7 +321,11 @@ def _hospital_number(ids: list[_Cx], facility: str) -> _Cx | None:
     """The trust's own number for the person: among the local identifiers, one assigned by the
     sending facility (MSH-4) first, then by type (a medical record number before a patient id),
     then in the order sent."""
-    local = [i for i in ids if i.id and not i.is_nhs and i.type not in _NOT_HOSPITAL_TYPES]
+    local = [
+        i
+        for i in ids
+        if i.id and not i.is_nhs and not i.is_other_national and i.type not in _NOT_HOSPITAL_TYPES
+    ]
     own = facility.strip().upper()
 
     def rank(cx: _Cx) -> tuple[bool, int]:
@@ -323,16 +340,25 @@ def _nhs_number(pid: _Segment, ids: list[_Cx]) -> tuple[str, str]:
 
     PID-3 with the NHS as assigning authority first; older feeds put it in PID-2
     or PID-19, where only a value shaped like one (ten digits, maybe spaced) counts:
-    elsewhere PID-19 is a US social security number.
+    elsewhere PID-19 is a US social security number. A PID-2 that names another
+    assigning authority or type (a hospital number, a CHI number) is not the NHS number.
     """
     for cx in ids:
         if cx.is_nhs and cx.id:
             return cx.id, "PID-3"
-    for n in (2, 19):
-        value = pid.get(n)
-        if _NHS_SHAPE.fullmatch(value):
-            return value, f"PID-{n}"
+    reps = pid.reps(2)
+    external = _Cx.of(reps[0]) if reps else None
+    if external is not None and _NHS_SHAPE.fullmatch(external.id) and _may_be_nhs(external):
+        return external.id, "PID-2"
+    value = pid.get(19)
+    if _NHS_SHAPE.fullmatch(value):
+        return value, "PID-19"
     return "", ""
+
+
+def _may_be_nhs(cx: _Cx) -> bool:
+    """A bare value (no assigning authority, no type) may be the NHS number; a labelled one only if NHS."""
+    return cx.is_nhs or not (cx.authority or cx.authority_oid or cx.type)
 
 
 def _demographics(pid: _Segment) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Splitting an HL7 v2 byte stream into messages, as it is read, one message in memory at a time.
 
 Segments may end in CR, LF or CRLF; MLLP framing bytes (0x0B ... 0x1C 0x0D) and
-FHS/BHS/BTS/FTS batch envelopes are dropped; a UTF-8 BOM is ignored. A message
+FHS/BHS/BTS/FTS batch envelopes are dropped; a UTF-8 BOM is ignored (UTF-16 text is refused). A message
 starts at each MSH. Segments before any MSH come out as an ``orphan`` unit; a
 message over the size limit keeps only its MSH (for the report) and is marked
 ``too-large`` while the rest of it is skipped, not held. Parsing a message is
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from adapters.records import AdapterError, decode_legacy
+from adapters.records import AdapterError, decode_legacy, utf16_bom
 
 _TERMINATORS = re.compile(rb"[\r\n\x0b\x1c]")  # CR, LF, MLLP start block, MLLP end block
 _ENVELOPE = frozenset({b"FHS", b"BHS", b"BTS", b"FTS"})
@@ -79,6 +79,8 @@ def messages(lines: Iterator[bytes | None], limit: int, strict: bool) -> Iterato
             seen = True
             current = _oversize(current)
             continue
+        if strict and not seen and utf16_bom(line):
+            raise AdapterError("HL7 v2 file is UTF-16 text: save it as UTF-8")
         line = line.removeprefix(_BOM).strip()
         if not line:
             continue

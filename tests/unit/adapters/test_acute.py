@@ -6,6 +6,7 @@ import io
 import random
 import types
 from pathlib import Path
+from typing import IO, cast
 
 import pytest
 
@@ -394,7 +395,7 @@ def test_a_large_feed_is_read_in_chunks_and_yielded_as_it_is_read() -> None:
     written = write_acute(population(1500, 3), out, random.Random(3), DefectPlan(0.0, 3))
     data = out.getvalue()
     stream = CountingStream(data)
-    items = AcuteAdapter(chunk_size=4096).read(stream)
+    items = AcuteAdapter(chunk_size=4096).read(cast("IO[bytes]", stream))
     assert isinstance(items, types.GeneratorType)
     assert stream.sizes == []  # nothing read before the first item is asked for
     first = next(items)
@@ -473,3 +474,37 @@ def test_ods_codes_are_read_as_ods_writes_them() -> None:
     assert record.fields["source_ods"] == "R9Z01"
     assert record.fields["registered_practice_ods"] == "Y90001"
     assert record.fields["care_plans"][0]["activities"][0]["performer_ods"] == "Y90002"
+
+
+ASSETS = REPO / "tests" / "assets" / "hl7"
+
+
+def test_pid3_identifiers_are_told_apart_as_uk_trusts_send_them() -> None:
+    """tests/assets/hl7/pid3-identifiers.hl7 (synthetic): the trust's account and visit numbers are not
+    its number for the person; a CHI or Health and Care number sent as type NH is not an NHS number;
+    an identifier the NHS assigned is the NHS number whatever its type; a ten-digit hospital number
+    in PID-2 is not one either."""
+    items = read_bytes((ASSETS / "pid3-identifiers.hl7").read_bytes())
+    assert all(isinstance(i, SourceRecord) for i in items), items
+    got = [(i.local_id, i.fields["nhs_number"], i.fields["nhs_number_where"]) for i in items]  # type: ignore[union-attr]
+    assert got == [
+        ("H1001", "9990000018", "PID-3"),  # not ACC7001 (AN) or V5566 (VN), though MSH-4 assigned them
+        ("H1002", "", ""),  # 0101011237^^^CHI^NH: Scotland's CHI number (it passes Modulus 11)
+        ("H1003", "999 000 0026", "PID-2"),  # 3200000015^^^HSNI^NH: a Northern Ireland H&C number
+        ("H1004", "9990000034", "PID-3"),  # 9990000034^^^NHS^MR: the NHS's number, not the trust's
+        ("H1005", "", ""),  # PID-2 9990000042^^^R9Z01^MR: the trust's, shaped like an NHS number
+    ]
+
+
+def test_a_merge_retires_the_hospital_number_not_an_account_number() -> None:
+    new = "PID|1||H2^^^R9Z01^MR~9990000018^^^NHS^NH||Smith^Ann||19500102|F"
+    record = only_record(
+        read_bytes(adt(new, "MRG|ACC1^^^R9Z01^AN~H1^^^PAS^MR~0101011237^^^CHI^NH", event="A40"))
+    )
+    assert (record.fields["replaces_local_id"], record.fields["merged_nhs_number"]) == ("H1", "")
+
+
+def test_a_utf16_file_is_refused_with_a_reason_an_operator_can_act_on() -> None:
+    data = (HL7 / "emap-A01.hl7").read_text(encoding="utf-8").encode("utf-16")
+    with pytest.raises(AdapterError, match="UTF-16"):
+        read_bytes(data)
