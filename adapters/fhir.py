@@ -18,6 +18,8 @@ lists them), and so are these:
     fhir-unsupported-resource     anything but Patient, CarePlan (and Provenance, ignored)
     fhir-unresolved-reference     a CarePlan whose subject matches no Patient entry, or several
     fhir-nhs-number-conflict      a Patient with two different NHS numbers
+    fhir-duplicate-resource       two entries that write one resource: two CarePlans of a record with
+                                  one id (or identifier, fullUrl), two Patients that are one record
     unknown-code                  an NHS number verification status in a code system UK Core does not bind
 
 Reading the references is the adapter's job (they are Bundle-relative, ``adapters.fhir_references``);
@@ -58,6 +60,10 @@ VERIFICATION_SYSTEMS: Final = {
     f"{_UKCORE_SYSTEM}England": "nhs_number_verification",
     f"{_UKCORE_SYSTEM}Wales": "nhs_number_verification_wales",
 }
+#: The value set's third member, v3-NullFlavor ``NI`` (no information): read as no status.
+NO_INFORMATION: Final = ("http://terminology.hl7.org/CodeSystem/v3-NullFlavor", "NI")
+#: Two entries of one Bundle that write the same resource (FHIR R4 http.html: overlapping identities).
+DUPLICATE: Final = "fhir-duplicate-resource"
 _ODS_CODE = re.compile(r"[A-Z0-9]{3,10}")
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 
@@ -239,9 +245,38 @@ def _read_entries(entries: list[Any], context: _Context) -> list[tuple[int, Item
         if group is None:  # an NHS number with no Patient entry: the CarePlans form the record
             group = groups[key] = _Group(n, None, nhs_number=key.removeprefix("nhs:"))
         group.plans.append(n)
+    made: list[tuple[_Group, Item]] = []
     for group in groups.values():
         aliases = index.keys_of.get(group.patient, set()) if group.patient is not None else set()
-        out.append((group.index, _record(context, entries, group, aliases, plan_index)))
+        made.append((group, _record(context, entries, group, aliases, plan_index)))
+    out.extend((group.index, item) for group, item in _without_repeats(entries, made))
+    return out
+
+
+def _without_repeats(entries: list[Any], made: list[tuple[_Group, Item]]) -> list[tuple[_Group, Item]]:
+    """Two different Patient entries that are one record of this sender (the same id, stable fullUrl
+    or NHS number, and the same NHS number) are both held back: FHIR R4 http.html fails a transaction
+    whose entries' resource identities overlap, and storing one over the other would answer both as
+    written while the first is lost (a batch's entries name no order to write them in either).
+    The same resource sent twice loses nothing and is taken (so is a CarePlan sent twice)."""
+    seen: dict[tuple[str, Any], list[int]] = {}
+    for group, item in made:
+        if isinstance(item, SourceRecord) and group.patient is not None:
+            seen.setdefault((item.local_id, item.fields.get("nhs_number")), []).append(group.patient)
+    repeated = {
+        n: same
+        for same in seen.values()
+        if any(entries[m]["resource"] != entries[same[0]]["resource"] for m in same[1:])
+        for n in same
+    }
+    out: list[tuple[_Group, Item]] = []
+    for group, item in made:
+        same = repeated.get(group.patient) if group.patient is not None else None
+        if same is not None and isinstance(item, SourceRecord):
+            shown = " and ".join(str(n) for n in same)
+            detail = f"entries {shown} are the same Patient of this sender: a Bundle writes a resource once"
+            item = RecordError(SOURCE, item.location, DUPLICATE, "resource", detail, item.raw)
+        out.append((group, item))
     return out
 
 
@@ -252,6 +287,7 @@ def _verification_status(patient: Mapping[str, Any]) -> tuple[str, str] | None:
     UK Core binds it to England's and Wales's code systems, whose codes differ (Wales has ``nn``,
     traced on the Welsh NHS AR; its ``01`` is traced, England's verified): a code is taken in its
     own system only, never translated, so a status in no system of the value set is not read.
+    The value set's third member, v3-NullFlavor ``NI`` (no information), is read as no status.
     """
     for ident in nhs_identifiers(patient):
         for ext in ident.get("extension") or ():
@@ -264,6 +300,8 @@ def _verification_status(patient: Mapping[str, Any]) -> tuple[str, str] | None:
                 for coding in usable:
                     if coding.get("system") == system:
                         return target, str(coding["code"]).strip()
+            if any((c.get("system"), str(c["code"]).strip()) == NO_INFORMATION for c in usable):
+                return "", ""
             if usable:
                 return None
     return "", ""
@@ -310,6 +348,13 @@ def _record(
         n: _qualified(context, _plan_id(entries[n], f"{person} plan {k}"))
         for k, n in enumerate(group.plans, start=1)
     }
+    first_of: dict[str, int] = {}
+    for n, plan_id in plan_ids.items():
+        first = first_of.get(plan_id)
+        if first is not None and entries[first]["resource"] != entries[n]["resource"]:
+            detail = f"entries {first} and {n} are one CarePlan: a Bundle writes a resource once"
+            return RecordError(SOURCE, location, DUPLICATE, "resource", detail, raw)
+        first_of.setdefault(plan_id, n)
     # The keys naming a plan of this record; one that names two CarePlan entries is never guessed.
     siblings = {
         key: plan_ids[n]
