@@ -600,7 +600,18 @@ def parse_datetime(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=LONDON)
 
 
+#: A day with no time: HL7 DT/DTM ``YYYYMMDD`` (an offset on a bare day says nothing) or ISO ``YYYY-MM-DD``.
+_DAY_ONLY = re.compile(r"\d{8}(?:[+-]\d{4})?|\d{4}-\d{2}-\d{2}")
+
+
 def _datetime(value: Any, rule: Rule) -> str:
+    """FHIR dateTime at the precision sent: a day stays a day (FHIR allows it), never made midnight."""
+    text = _text(value)
+    if text is not None and _DAY_ONLY.fullmatch(text):
+        day = parse_date(text[:8] if text[:8].isdigit() else text)
+        if day is None or day.year < 1880:
+            raise MappingError(MappingIssue("invalid-datetime", rule.field, "not a date and time"))
+        return day.isoformat()
     parsed = parse_datetime(value)
     if parsed is not None:
         return parsed.isoformat()

@@ -246,6 +246,9 @@ def test_invalid_date(engine: Engine, raw: str) -> None:
         ("2024-07-15T09:30:00Z", "2024-07-15T09:30:00+00:00"),
         ("2024-07-15T09:30:00+02:00", "2024-07-15T09:30:00+02:00"),
         ("202407", "2024-07"),  # HL7 DTM and FHIR dateTime to the month
+        ("20171022", "2017-10-22"),  # a day stays a day: no midnight is made up
+        ("20171022+0100", "2017-10-22"),
+        ("2017-10-22", "2017-10-22"),
         ("2024", "2024"),
     ],
 )
@@ -260,7 +263,8 @@ def test_datetime_either_side_of_the_clocks_going_forward(engine: Engine) -> Non
 
 
 @pytest.mark.parametrize(
-    "raw", ["2024-13-01T00:00:00", "202413", "20240715093", "not a time", "2024071509300"]
+    "raw",
+    ["2024-13-01T00:00:00", "202413", "20240715093", "not a time", "2024071509300", "20241301", "2024-02-30"],
 )
 def test_invalid_datetime(engine: Engine, raw: str) -> None:
     error = failure(engine, [{"element": "x", "field": "when", "transform": "datetime"}], {"when": raw})
