@@ -9,7 +9,8 @@ forms a record of its own. See docs/sources/fhir.md.
 
     AdapterError   the Bundle cannot be read as a whole: not JSON, not a Bundle, another type,
                    a name given twice in an object, two entries with one fullUrl (bdl-7),
-                   ``implicitRules`` on the Bundle, objects and arrays nested deeper than
+                   ``implicitRules`` or a restrictive ``meta.security`` label on the Bundle (the
+                   labels ``fhir_entries.restrictive_label`` refuses), objects and arrays nested deeper than
                    ``MAX_DEPTH`` (the JSON encoder stops at 255 levels, Python at its recursion limit)
 
 Entry-level problems are RecordErrors with stable reasons (``adapters.fhir_entries``
@@ -36,7 +37,13 @@ from typing import IO, Any, Final
 
 import orjson
 
-from adapters.fhir_entries import conditional_identifier, conditional_problem, entry_problem, not_understood
+from adapters.fhir_entries import (
+    conditional_identifier,
+    conditional_problem,
+    entry_problem,
+    not_understood,
+    restrictive_label,
+)
 from adapters.fhir_references import EntryIndex, nhs_identifiers, nhs_numbers, rebased
 from adapters.fhir_references import stripped as _str
 from adapters.json_shape import repeated_name
@@ -158,6 +165,9 @@ class FhirBundleAdapter:
         meta = bundle.get("meta")
         if not isinstance(meta, Mapping):
             meta = {}
+        label = restrictive_label(meta)
+        if label is not None:
+            raise AdapterError(f"Bundle.meta.security: {label}")
         ods = _ods(self.sender_ods) if self.sender_ods else _ods_of_source(meta.get("source"))
         recorded = _str(bundle.get("timestamp")) or _str(meta.get("lastUpdated")) or ""
         kept_meta: dict[str, Any] = {"source": f"{ODS_SYSTEM}|{ods}"} if ods else {}

@@ -23,6 +23,10 @@ Checked per record, once entries are grouped (the person's whole record is quara
     fhir-modifier-extension          a ``modifierExtension`` anywhere in the entry: none is understood
                                      here, and FHIR forbids processing the element as if it were absent
     fhir-implicit-rules              ``implicitRules`` on the resource or a contained one
+    fhir-security-label              a ``meta.security`` label asking for more than normal handling
+                                     (confidentiality ``R``, ``V``, or any label of another system) on
+                                     the resource or a contained one: concord enforces no labels, and
+                                     would share what the sender restricted
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ Problem = tuple[str, str | None, str]
 HTTP_VERBS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"})
 #: The methods of the entries this gateway takes: creates and updates (FHIR R4 transaction processing).
 WRITE_METHODS: Final = frozenset({"POST", "PUT"})
+#: Security labels that ask for no handling beyond a normal health record's (v3-Confidentiality
+#: unrestricted, low, moderate, normal): accepted, and not carried. Anything else is refused.
+CONFIDENTIALITY: Final = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+NORMAL_HANDLING: Final = frozenset((CONFIDENTIALITY, code) for code in ("U", "L", "M", "N"))
 #: Request elements that ask for something this gateway does not do (conditional create and reads).
 _NOT_DONE: Final = {
     "ifNoneExist": "a conditional create (ifNoneExist) is not supported: a Patient entry never makes a "
@@ -181,11 +189,13 @@ def conditional_identifier(query: str) -> tuple[str, str] | None:
 
 
 def not_understood(entry: Mapping[str, Any]) -> Problem | None:
-    """The first ``modifierExtension`` (or ``implicitRules``) in an entry: this gateway understands none.
+    """The first ``modifierExtension``, ``implicitRules`` or restrictive security label in an entry.
 
     FHIR R4 extensibility.html: a modifier extension changes the meaning of the element holding
     it, so an element with one cannot be processed as if it were absent; resource.html: a
-    resource with ``implicitRules`` the system does not understand is refused.
+    resource with ``implicitRules`` the system does not understand is refused;
+    security-labels.html: the recipient of a labelled resource is obliged to enforce the label's
+    handling caveats, which this gateway cannot (a restricted PDS record's address, say).
     """
     return _first_modifier(entry, "")
 
@@ -207,7 +217,31 @@ def _first_modifier(value: Any, path: str) -> Problem | None:
         if key == "implicitRules" and item and "resourceType" in value:
             detail = f"{where}: this gateway does not understand the rules the resource was made under"
             return "fhir-implicit-rules", where, detail
+        if key == "meta" and "resourceType" in value:
+            label = restrictive_label(item)
+            if label is not None:
+                return "fhir-security-label", f"{where}.security", label
         found = _first_modifier(item, where)
         if found is not None:
             return found
+    return None
+
+
+def restrictive_label(meta: Any) -> str | None:
+    """What is wrong with ``meta.security`` (a detail naming the label's code, never patient data), or None
+    when every label asks for no more than normal handling."""
+    labels = meta.get("security") if isinstance(meta, Mapping) else None
+    if not labels:
+        return None
+    for label in labels if isinstance(labels, list) else [labels]:
+        system = label.get("system") if isinstance(label, Mapping) else None
+        code = label.get("code") if isinstance(label, Mapping) else None
+        if (system, code) not in NORMAL_HANDLING:
+            shown = (
+                f"{code}" if system == CONFIDENTIALITY and isinstance(code, str) and code.isalpha() else ""
+            )
+            return (
+                f"security label {shown or 'of another kind'} asks for handling this gateway does not "
+                "enforce: the record is not shared (send it without, once it may be shared normally)"
+            )
     return None

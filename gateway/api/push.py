@@ -62,6 +62,7 @@ ANSWERS: Final = {
     "fhir-precondition-failed": ("412 Precondition Failed", "conflict"),
     "fhir-modifier-extension": ("422 Unprocessable Entity", "extension"),
     "fhir-implicit-rules": ("422 Unprocessable Entity", "not-supported"),
+    "fhir-security-label": ("422 Unprocessable Entity", "not-supported"),
 }
 _BOM: Final = b"\xef\xbb\xbf"
 

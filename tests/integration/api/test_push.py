@@ -507,6 +507,27 @@ async def test_a_modifier_extension_is_refused_not_dropped(
         assert await count_by_type(conn) == {"Patient": 1, "Provenance": 1}  # the other person only
 
 
+async def test_a_restricted_patient_is_not_taken_into_the_shared_record(
+    app: FastAPI, client: httpx.AsyncClient, services: Services
+) -> None:
+    """PDS labels a person whose address may not be shared R: the label was dropped and all shared."""
+    restricted = patient()
+    restricted["meta"] = {
+        "security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}]
+    }
+    response = await client.post(
+        "/fhir", content=bundle(entry(restricted, 0), entry(a_plan(), 1)), headers=push_headers(app)
+    )
+    assert response.status_code == 200, response.text
+    for answer in (e["response"] for e in response.json()["entry"]):
+        assert answer["status"] == "422 Unprocessable Entity"
+        assert outcome_code(answer) == "fhir-security-label"
+        issue = answer["outcome"]["issue"][0]
+        assert (issue["code"], issue["expression"]) == ("not-supported", ["resource.meta.security"])
+    async with services.engine.connect() as conn:
+        assert await count_by_type(conn) == {}
+
+
 async def test_a_conditional_update_whose_criteria_disagree_with_the_body_is_refused(
     app: FastAPI, client: httpx.AsyncClient, services: Services
 ) -> None:

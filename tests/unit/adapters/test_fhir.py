@@ -487,6 +487,52 @@ def test_a_bundle_with_implicit_rules_is_not_read() -> None:
         read(bundle(entry(richard()), implicitRules="https://ehr.example.nhs.uk/fhir/rules/bundle"))
 
 
+CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+
+
+def labelled(*labels: tuple[str, str]) -> dict[str, Any]:
+    return {"security": [{"system": system, "code": code} for system, code in labels]}
+
+
+@pytest.mark.parametrize("code", ["U", "L", "M", "N"])
+def test_a_normal_confidentiality_label_is_taken(code: str) -> None:
+    [record] = read(bundle(entry({**richard(), "meta": labelled((CONFIDENTIALITY, code))}), entry(a_plan())))
+    assert isinstance(record, SourceRecord)
+
+
+@pytest.mark.parametrize(
+    ("label", "where", "shown"),
+    [
+        ((CONFIDENTIALITY, "R"), "patient", "R"),  # PDS: a person whose address may not be shared
+        ((CONFIDENTIALITY, "V"), "plan", "V"),
+        (("http://terminology.hl7.org/CodeSystem/v3-ActCode", "PSY"), "contained", "of another kind"),
+        ((CONFIDENTIALITY, "9990000018"), "patient", "of another kind"),  # never echoes a value
+    ],
+)
+def test_a_restrictive_security_label_quarantines_the_whole_record(
+    label: tuple[str, str], where: str, shown: str
+) -> None:
+    patient, plan = richard(), a_plan()
+    if where == "patient":
+        patient["meta"] = labelled((CONFIDENTIALITY, "N"), label)
+    elif where == "plan":
+        plan["meta"] = labelled(label)
+    else:
+        plan["contained"] = [{"resourceType": "Goal", "id": "g", "meta": labelled(label)}]
+    [error] = read(bundle(entry(patient), entry(plan)))
+    assert isinstance(error, RecordError)
+    assert error.reason == "fhir-security-label"
+    field = {"patient": "resource.meta", "plan": "resource.meta", "contained": "resource.contained[0].meta"}
+    assert error.field == f"{field[where]}.security"
+    assert f"security label {shown} " in error.detail
+    assert "9990000018" not in error.detail
+
+
+def test_a_bundle_with_a_restrictive_security_label_is_not_read() -> None:
+    with pytest.raises(AdapterError, match=r"Bundle\.meta\.security: security label R "):
+        read(bundle(entry(richard()), meta=labelled((CONFIDENTIALITY, "R"))))
+
+
 # --- conditional interactions: honoured or refused, never ignored (FHIR R4 http.html) --------------
 
 
