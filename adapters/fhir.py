@@ -44,7 +44,7 @@ from adapters.fhir_entries import (
     not_understood,
     restrictive_label,
 )
-from adapters.fhir_references import EntryIndex, nhs_identifiers, nhs_numbers, rebased
+from adapters.fhir_references import NHS_NUMBER_SYSTEM, EntryIndex, nhs_identifiers, nhs_numbers, rebased
 from adapters.fhir_references import stripped as _str
 from adapters.json_shape import repeated_name
 from adapters.records import AdapterError, Item, RecordError, SourceRecord, as_text, ods_code
@@ -66,6 +66,9 @@ _UKCORE_SYSTEM: Final = "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVeri
 VERIFICATION_SYSTEMS: Final = {
     f"{_UKCORE_SYSTEM}England": "nhs_number_verification",
     f"{_UKCORE_SYSTEM}Wales": "nhs_number_verification_wales",
+    # UK Core STU1's system, before Wales had its own: England's codes and meanings. The national
+    # PDS FHIR API still codes the status in it, so Patients copied from PDS arrive with it.
+    _UKCORE_SYSTEM: "nhs_number_verification",
 }
 #: The value set's third member, v3-NullFlavor ``NI`` (no information): read as no status.
 NO_INFORMATION: Final = ("http://terminology.hl7.org/CodeSystem/v3-NullFlavor", "NI")
@@ -290,6 +293,19 @@ def _without_repeats(entries: list[Any], made: list[tuple[_Group, Item]]) -> lis
     return out
 
 
+def _nhs_number_not_a_string(patient: Mapping[str, Any]) -> bool:
+    """An NHS number identifier whose value is a JSON number (or anything but a string): invalid
+    FHIR, not a missing number (``9990000018`` sent unquoted)."""
+    idents = patient.get("identifier")
+    return isinstance(idents, list) and any(
+        isinstance(i, Mapping)
+        and i.get("system") == NHS_NUMBER_SYSTEM
+        and i.get("value") is not None
+        and not isinstance(i["value"], str)
+        for i in idents
+    )
+
+
 def _verification_status(patient: Mapping[str, Any]) -> tuple[str, str] | None:
     """The NHS number's verification status as (record field, code); ("", "") when none is sent,
     None when it is coded in neither system.
@@ -329,6 +345,9 @@ def _record(
     if group.patient is not None:
         patient = entries[group.patient]["resource"]
         assert patient is not None
+        if _nhs_number_not_a_string(patient):
+            detail = "Patient.identifier.value of the NHS number is not a JSON string (FHIR's string type)"
+            return RecordError(SOURCE, location, "fhir-invalid", "identifier.value", detail, raw)
         numbers = nhs_numbers(patient)
         if len(numbers) > 1:
             return RecordError(

@@ -731,6 +731,7 @@ def test_references_to_another_plan_of_the_record_name_its_local_id() -> None:
 
 WALES = "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusWales"
 ENGLAND = "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusEngland"
+STU1 = "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatus"  # what PDS sends
 
 
 def with_status(*codings: dict[str, str]) -> dict[str, Any]:
@@ -746,6 +747,8 @@ def with_status(*codings: dict[str, str]) -> dict[str, Any]:
         ([{"system": WALES, "code": "02"}], [], ["02"]),  # Wales's 02, never rewritten as England's
         ([{"system": ENGLAND, "code": "02"}], ["02"], []),
         ([{"system": WALES, "code": "01"}, {"system": ENGLAND, "code": "01"}], ["01"], []),
+        ([{"system": STU1, "code": "01"}], ["01"], []),  # STU1 held England's codes
+        ([{"system": STU1, "code": "03"}, {"system": WALES, "code": "nn"}], [], ["nn"]),
     ],
 )
 def test_a_verification_status_stays_in_its_own_code_system(
@@ -755,6 +758,16 @@ def test_a_verification_status_stays_in_its_own_code_system(
     assert isinstance(record, SourceRecord)
     assert record.fields["nhs_number_verification"] == england
     assert record.fields["nhs_number_verification_wales"] == wales
+
+
+@pytest.mark.parametrize("value", [9990000018, ["9990000018"], {"v": "9990000018"}])
+def test_an_nhs_number_sent_as_a_json_number_is_invalid_fhir_not_missing(value: Any) -> None:
+    patient = richard()
+    patient["identifier"][0]["value"] = value
+    [error] = read(bundle(entry(patient), entry(a_plan())))
+    assert isinstance(error, RecordError)
+    assert (error.reason, error.field) == ("fhir-invalid", "identifier.value")
+    assert "9990000018" not in error.detail
 
 
 @pytest.mark.parametrize(
