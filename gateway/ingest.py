@@ -326,17 +326,32 @@ class Ingestor:
                 key = (resource["resourceType"], resource["id"])
                 rhash = content_hash(resource)
                 cur = local_current.get(key)
-                if cur is not None and cur.content_hash == rhash:
+                if cur is not None and (
+                    cur.content_hash == rhash or (cur.recorded and _older(m.recorded, cur.recorded))
+                ):
+                    # Unchanged, or from a record older than the one that wrote it (an A03 re-read
+                    # after the A13 that cancelled it, an older extract replayed): never written over.
                     batch.report.count_resource(key[0], "unchanged")
                     outcomes.append("unchanged")
                     continue
                 version_id = cur.version_id + 1 if cur else 1
                 stamped = stamp(resource, version_id, batch.when)
                 self.cache.validate(stamped, rhash)
+                recorded = m.recorded or None
                 staged.append(
-                    Version(key[0], key[1], version_id, batch.when, rhash, stamped, m.nhs_number, m.source)
+                    Version(
+                        key[0],
+                        key[1],
+                        version_id,
+                        batch.when,
+                        rhash,
+                        stamped,
+                        m.nhs_number,
+                        m.source,
+                        recorded,
+                    )
                 )
-                local_current[key] = Current(version_id, rhash)
+                local_current[key] = Current(version_id, rhash, recorded)
                 outcomes.append("new" if version_id == 1 else "changed")
         except ValidationFailure as exc:
             batch.errors.append(

@@ -26,6 +26,8 @@ Key = tuple[str, str]
 class Current:
     version_id: int
     content_hash: str
+    #: When the source recorded this version, as sent (``MappedRecord.recorded``); None: not known.
+    recorded: str | None = None
 
 
 @dataclass(slots=True)
@@ -40,6 +42,7 @@ class Version:
     content: dict[str, Any]
     nhs_number: str | None
     source: str | None
+    recorded: str | None = None
 
 
 async def current_versions(conn: AsyncConnection, keys: Iterable[Key]) -> dict[Key, Current]:
@@ -50,12 +53,12 @@ async def current_versions(conn: AsyncConnection, keys: Iterable[Key]) -> dict[K
     for rtype, ids in by_type.items():
         for chunk in _chunks(sorted(set(ids)), 500):
             rows = await conn.execute(
-                select(resources.c.id, resources.c.version_id, resources.c.content_hash).where(
-                    resources.c.resource_type == rtype, resources.c.id.in_(chunk)
-                )
+                select(
+                    resources.c.id, resources.c.version_id, resources.c.content_hash, resources.c.recorded
+                ).where(resources.c.resource_type == rtype, resources.c.id.in_(chunk))
             )
-            for rid, version_id, chash in rows:
-                found[(rtype, rid)] = Current(version_id, chash)
+            for rid, version_id, chash, recorded in rows:
+                found[(rtype, rid)] = Current(version_id, chash, recorded)
     return found
 
 
@@ -86,6 +89,7 @@ async def write_versions(conn: AsyncConnection, versions: Sequence[Version]) -> 
             "subject_id": _subject_id(v.content),
             "content_hash": v.content_hash,
             "content": body,
+            "recorded": v.recorded,
         }
         history_rows.append(
             {

@@ -47,6 +47,8 @@ resources = Table(
     Column("subject_id", String(64), nullable=True),
     Column("content_hash", String(64), nullable=False),
     Column("content", Text, nullable=False),
+    # When the source recorded the current version, as sent (None: not known); migration 0010.
+    Column("recorded", String(40), nullable=True),
     # A person's resources of one type in id order: the API's searches and pages (migration 0005).
     Index("ix_resources_person", "nhs_number", "resource_type", "id"),
     Index("ix_resources_subject", "resource_type", "subject_id"),

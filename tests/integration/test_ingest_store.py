@@ -140,9 +140,9 @@ async def test_two_dates_of_birth_are_reported_not_resolved(services: Services) 
     assert shared["birthDate"] == "1944-07-30"  # the GP's, by precedence; the other is only reported
 
 
-def adt(event: str, pid: str, *more: str, facility: str = "R9Z01") -> bytes:
-    msh = f"MSH|^~\\&|PAS|{facility}|CONCORD|ICB|20260401120000||ADT^{event}|C{event}|P|2.5"
-    return "\r".join([msh, f"EVN|{event}|20260401120000", pid, *more]).encode() + b"\r"
+def adt(event: str, pid: str, *more: str, facility: str = "R9Z01", at: str = "20260401120000") -> bytes:
+    msh = f"MSH|^~\\&|PAS|{facility}|CONCORD|ICB|{at}||ADT^{event}|C{event}|P|2.5"
+    return "\r".join([msh, f"EVN|{event}|{at}", pid, *more]).encode() + b"\r"
 
 
 async def test_an_hl7_merge_retires_the_old_hospital_number(services: Services) -> None:
@@ -304,6 +304,37 @@ async def test_one_stay_changed_twice_in_one_file_keeps_both_versions(services: 
     assert [(v["meta"]["versionId"], v["status"]) for v in versions] == [("2", "revoked"), ("1", "active")]
     assert current == versions[0]
     assert queued == 2  # each version is published
+
+
+async def test_an_older_message_read_again_never_writes_over_a_plan(services: Services) -> None:
+    """A discharge (A03), its cancellation (A13), then the A03's file read again: the plan stayed
+    active again (a version 3 from the older message). It stays revoked; a newer A03 still counts."""
+    pid = f"PID|1||H1^^^R9Z01^MR~{NHS}^^^NHS^NH||Smith^Ann||19500102|F"
+    pv1 = "PV1|1|I|W7^^^R9Z01|||||||110|||||||||V10"
+    follow_up = "OBX|1|CWE|FOLLOWUP^Follow-up^L|1|BLOODS^Blood test^L||||||F|||20260410"
+    discharge = adt("A03", pid, pv1, follow_up, at="20260405090000")
+
+    async def ingest(data: bytes) -> None:
+        report = await services.ingestor.run("acute", AcuteAdapter().read(io.BytesIO(data)), "stay.hl7")
+        assert (report.accepted, sum(report.quarantined.values())) == (1, 0)
+
+    async def plan() -> tuple[str, str]:
+        async with services.engine.connect() as conn:
+            (plan_id,) = (
+                await conn.execute(
+                    select(outbox.c.resource_id).where(outbox.c.resource_type == "CarePlan").distinct()
+                )
+            ).one()
+            current = orjson.loads(await read_current(conn, "CarePlan", plan_id) or b"{}")
+        return current["meta"]["versionId"], current["status"]
+
+    await ingest(discharge)
+    await ingest(adt("A13", pid, pv1, at="20260406090000"))
+    assert await plan() == ("2", "revoked")
+    await ingest(discharge)  # the older file again
+    assert await plan() == ("2", "revoked")
+    await ingest(adt("A03", pid, pv1, follow_up, at="20260407090000"))  # discharged again, later
+    assert await plan() == ("3", "active")
 
 
 # Sources that disagree on a choice element, and a person whose shared Patient will not validate -----
