@@ -9,6 +9,7 @@ opt-out) is DELETEs only. Sending the same bundle twice changes nothing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -110,42 +111,77 @@ def read_reply(status: int, body: bytes, methods: Sequence[str]) -> Reply:
         refused = doc if doc.get("resourceType") == "OperationOutcome" else None
         return Reply(False, None, safe_outcome(refused))
     if doc.get("resourceType") != "Bundle" or doc.get("type") != "transaction-response":
-        return Reply(False, None, _problem("the HIE did not answer with a transaction-response"))
+        return Reply(False, None, problem("the HIE did not answer with a transaction-response"))
     entries = doc.get("entry") or []
     if not isinstance(entries, list) or len(entries) != len(methods):
         answered = len(entries) if isinstance(entries, list) else 0
         counted = f"the HIE answered {answered} entries for {len(methods)} requests"
-        return Reply(False, None, _problem(counted))
+        return Reply(False, None, problem(counted))
     for index, (entry, method) in enumerate(zip(entries, methods, strict=True)):
         response = entry.get("response") if isinstance(entry, dict) else None
         if not isinstance(response, dict):
-            return Reply(False, index, _problem("an entry of the transaction-response has no response"))
+            return Reply(False, index, problem("an entry of the transaction-response has no response"))
+        # An HTTP status code: three digits, then perhaps its reason phrase ("201 Created").
         code = str(response.get("status", "")).split(" ", 1)[0]
         gone = method == "DELETE" and code in ("404", "410")
-        if not (code.startswith("2") or gone):
+        if not ((_STATUS.fullmatch(code) and code.startswith("2")) or gone):
             return Reply(False, index, safe_outcome(response.get("outcome")))
     return Reply(True)
 
 
-def _problem(diagnostics: str) -> dict[str, Any]:
+_STATUS = re.compile(r"[1-5][0-9][0-9]")
+
+
+def problem(diagnostics: str) -> dict[str, Any]:
+    """concord's own account of an answer it could not use, as an OperationOutcome."""
     return {
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "error", "code": "invalid", "diagnostics": diagnostics}],
     }
 
 
+#: A code (``severity``, ``code``, a coding's ``system``/``version``/``code``): no spaces, short.
+_TOKEN = re.compile(r"[A-Za-z0-9_.:/#|+-]{1,200}")
+#: An element path (``expression``, ``location``): a FHIRPath of names and indexes only, so that it
+#: cannot quote a value (``Patient.name.where(family='…')`` is not kept); or an XPath of the same kind.
+_PATH = re.compile(
+    r"[A-Za-z][A-Za-z0-9_]*(\[[0-9]{1,6}\])?(\.[A-Za-z][A-Za-z0-9_]*(\[[0-9]{1,6}\])?){0,30}"
+    r"|(/[a-z]{1,10}:[A-Za-z][A-Za-z0-9_]*(\[[0-9]{1,6}\])?){1,30}"
+)
+MAX_ISSUES = 20
+
+
 def safe_outcome(outcome: dict[str, Any] | None) -> dict[str, Any] | None:
     """What of the HIE's OperationOutcome is kept with a dead letter: each issue's severity, code,
-    coded details and the elements it names, not its free text (which may quote the data sent)."""
+    coded details (system, version and code of each coding) and the elements it names, not its free
+    text (``diagnostics``, ``details.text``, a coding's ``display``: they may quote the data sent).
+    Whatever is not of the expected shape is left out: an HIE's answer never makes this raise."""
     if not isinstance(outcome, dict):
         return None
+    issues = outcome.get("issue")
     kept = []
-    for issue in outcome.get("issue") or []:
+    for issue in issues[:MAX_ISSUES] if isinstance(issues, list) else []:
         if not isinstance(issue, dict):
             continue
-        one = {k: issue[k] for k in ("severity", "code", "expression", "location") if k in issue}
+        one: dict[str, Any] = {k: issue[k] for k in ("severity", "code") if _is_token(issue.get(k))}
+        for key in ("expression", "location"):
+            paths = issue.get(key)
+            if isinstance(paths, list):
+                safe = [p for p in paths[:MAX_ISSUES] if isinstance(p, str) and _PATH.fullmatch(p)]
+                if safe:
+                    one[key] = safe
         details = issue.get("details")
-        if isinstance(details, dict) and isinstance(details.get("coding"), list):
-            one["details"] = {"coding": details["coding"]}
+        codings = details.get("coding") if isinstance(details, dict) else None
+        if isinstance(codings, list):
+            coded = [
+                {k: c[k] for k in ("system", "version", "code") if _is_token(c.get(k))}
+                for c in codings[:MAX_ISSUES]
+                if isinstance(c, dict)
+            ]
+            one["details"] = {"coding": [c for c in coded if c]}
         kept.append(one)
     return {"resourceType": "OperationOutcome", "issue": kept}
+
+
+def _is_token(value: object) -> bool:
+    return isinstance(value, str) and _TOKEN.fullmatch(value) is not None

@@ -1,24 +1,31 @@
 """The HIE's HTTP client: one long-lived aiohttp session, a connection pool, timeouts that hold.
 
 ``ClientTimeout(total=...)`` alone does not stop a read that hangs after the
-headers, so connect and per-read (``sock_read``) timeouts are set. Every error
-that means "try again later" (connection refused or reset, timeouts) becomes
-``HieUnreachable``; an HTTP answer of any status is returned for the publisher
-to judge.
+headers, so connect and per-read (``sock_read``) timeouts are set, and the whole
+exchange (the access token included) ends by the caller's deadline. Every error
+that means "try again later" (connection refused or reset, timeouts, the token
+endpoint failing) becomes ``HieUnreachable``; an HTTP answer of any status is
+returned for the publisher to judge. Redirects are never followed: a person's
+data goes to the configured HIE and nowhere else. At most ``MAX_REPLY_BYTES`` of
+an answer are read (a transaction-response is small; an HIE's 100 MB, or a gzip
+bomb, must not exhaust the publisher's memory).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from dataclasses import dataclass
 
 import aiohttp
 
 from gateway.publish.backoff import parse_retry_after
-from gateway.publish.oauth import TokenSource
+from gateway.publish.oauth import TokenSource, TokenUnavailable
 from gateway.settings import Settings
 
 FHIR_JSON = "application/fhir+json"
+#: The most of an answer that is read; beyond it the body is dropped (``HieResponse.oversized``).
+MAX_REPLY_BYTES = 16 * 1024 * 1024
 
 
 class HieUnreachable(Exception):
@@ -30,6 +37,8 @@ class HieResponse:
     status: int
     body: bytes
     retry_after: float | None
+    #: The answer was longer than ``MAX_REPLY_BYTES``: it was not read (``body`` is empty).
+    oversized: bool = False
 
 
 class HieClient:
@@ -83,28 +92,54 @@ class HieClient:
         outlast it); past it the HIE counts as unreachable and the delivery is retried.
         """
         assert self._session is not None, "use `async with HieClient(...)`"
-        headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON, "X-Request-ID": request_id}
         try:
-            if self._tokens is not None:
-                headers.update(await self._tokens.header())
-            timeout = None
-            if deadline_seconds is not None:
-                timeout = aiohttp.ClientTimeout(
-                    total=deadline_seconds,
-                    connect=self.settings.hie_connect_timeout,
-                    sock_connect=self.settings.hie_connect_timeout,
-                    sock_read=self.settings.hie_read_timeout,
-                )
-            async with self._session.post(
-                self.url, data=bundle, headers=headers, timeout=timeout
-            ) as response:
-                body = await response.read()
-                if response.status == 401 and self._tokens is not None:
-                    self._tokens.forget()
-                return HieResponse(
-                    response.status, body, parse_retry_after(response.headers.get("Retry-After"))
-                )
+            # The deadline bounds the token request too: a token endpoint that drips its answer
+            # must not hold the person past their lease (nor a stopping publisher for ever).
+            async with asyncio.timeout(deadline_seconds):
+                return await self._exchange(self._session, bundle, request_id, deadline_seconds)
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             raise HieUnreachable(type(exc).__name__) from exc
-        except aiohttp.ClientResponseError as exc:  # the token endpoint refused: retry later
-            raise HieUnreachable("token request refused") from exc
+        except TokenUnavailable as exc:
+            raise HieUnreachable(f"access token: {exc}") from exc
+        except aiohttp.ClientResponseError as exc:  # an answer aiohttp could not parse as HTTP
+            raise HieUnreachable(f"malformed HTTP answer ({type(exc).__name__})") from exc
+
+    async def _exchange(
+        self, session: aiohttp.ClientSession, bundle: bytes, request_id: str, deadline_seconds: float | None
+    ) -> HieResponse:
+        headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON, "X-Request-ID": request_id}
+        if self._tokens is not None:
+            headers.update(await self._tokens.header())
+        timeout = None
+        if deadline_seconds is not None:
+            timeout = aiohttp.ClientTimeout(
+                total=deadline_seconds,
+                connect=self.settings.hie_connect_timeout,
+                sock_connect=self.settings.hie_connect_timeout,
+                sock_read=self.settings.hie_read_timeout,
+            )
+        async with session.post(
+            self.url, data=bundle, headers=headers, timeout=timeout, allow_redirects=False
+        ) as response:
+            body, oversized = await read_at_most(response, MAX_REPLY_BYTES)
+            if response.status == 401 and self._tokens is not None:
+                self._tokens.forget()
+            return HieResponse(
+                response.status, body, parse_retry_after(response.headers.get("Retry-After")), oversized
+            )
+
+
+async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """The body if it is at most ``limit`` bytes (decoded), else ``b""`` and True; the connection of
+    an answer cut short is closed, not reused."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await response.content.read(64 * 1024)
+        if not chunk:
+            return b"".join(chunks), False
+        size += len(chunk)
+        if size > limit:
+            response.close()
+            return b"", True
+        chunks.append(chunk)

@@ -46,8 +46,16 @@ from gateway.disclosure import Appender, Ask, Disclosure, DisclosureUnavailable
 from gateway.group_commit import GroupCommit
 from gateway.publish.backoff import retry_delay
 from gateway.publish.batch import ClaimDecider, PersonLoader
-from gateway.publish.bundle import publication, read_reply, refs_of, request_methods, retraction
-from gateway.publish.client import HieClient, HieUnreachable
+from gateway.publish.bundle import (
+    Reply,
+    problem,
+    publication,
+    read_reply,
+    refs_of,
+    request_methods,
+    retraction,
+)
+from gateway.publish.client import MAX_REPLY_BYTES, HieClient, HieUnreachable
 from gateway.store import outbox as box
 
 log = logging.getLogger(__name__)
@@ -125,6 +133,8 @@ class Publisher:
         #: Set when enough deliveries finished to make another claim worth taking.
         self._room = asyncio.Event()
         #: A request is started only with this much of its lease left (a claim may wait for slots).
+        #: The exchange ends this long before the lease (a quarter of a lease shorter than 8 s).
+        self._safety = min(LEASE_SAFETY_SECONDS, self.settings.publish_lease_seconds / 4)
         self._send_margin = timedelta(
             seconds=min(self.settings.hie_read_timeout, self.settings.publish_lease_seconds / 2)
         )
@@ -281,14 +291,15 @@ class Publisher:
             return
         try:
             async with self._gate:
-                if self.clock() >= lease.until - self._send_margin:
-                    # Waited too long for a request slot: the lease could lapse while the HIE answers,
-                    # and another publisher take the person meanwhile. Back to the queue, due at once.
-                    await self._requeue(lease)
-                    return
                 # The exchange ends before the lease does, so no other publisher can take the person
                 # while this request is still in flight (a hung HIE counts as unreachable: retried).
-                left = (lease.until - self.clock()).total_seconds() - LEASE_SAFETY_SECONDS
+                left = (lease.until - self.clock()).total_seconds() - self._safety
+                if self.clock() >= lease.until - self._send_margin or left <= 0:
+                    # Waited too long for a request slot: the lease could lapse while the HIE answers,
+                    # and another publisher take the person meanwhile. Back to the queue, due at once.
+                    # (Never sent without a deadline: aiohttp reads a total of 0 or less as none.)
+                    await self._requeue(lease)
+                    return
                 sent()
                 response = await self.client.transaction(body, delivery_id, deadline_seconds=left)
         except HieUnreachable as exc:
@@ -296,7 +307,10 @@ class Publisher:
             # retraction (an opt-out meanwhile) must delete it too.
             await self._retry(lease, f"unreachable: {exc}", None, maybe_held=held)
             return
-        reply = read_reply(response.status, response.body, request_methods(body))
+        if response.oversized and 200 <= response.status < 300:
+            reply = Reply(False, None, problem(f"the HIE answered more than {MAX_REPLY_BYTES} bytes"))
+        else:
+            reply = read_reply(response.status, response.body, request_methods(body))
         if reply.ok:
             await self._finish(number, ids, new_state, held)
             if new_state == "published":
@@ -315,6 +329,10 @@ class Publisher:
             outcome = reply.outcome or {"diagnostics": about}
             if reply.failed_entry is not None:
                 outcome = {"failed_entry": reply.failed_entry, "outcome": outcome}
+            # The request went out and the answer does not say it failed as a whole (a 2xx that
+            # reads wrong, an HIE that applies entries one by one): what it carried may be at the
+            # HIE, so a retraction after an opt-out must delete it too (as after a lost answer).
+            maybe = sorted(set(state.published) | set(held))
             async with self.services.engine.begin() as conn:
                 await box.dead_letter(
                     conn,
@@ -324,6 +342,7 @@ class Publisher:
                     response.status,
                     orjson.dumps(outcome).decode(),
                     self.clock(),
+                    published=maybe if maybe != sorted(state.published) else None,
                 )
             self.stats.dead += 1
 

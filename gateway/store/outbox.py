@@ -279,8 +279,14 @@ async def dead_letter(
     status_code: int,
     outcome: str,
     now: datetime,
+    published: Sequence[str] | None = None,
 ) -> None:
-    """The HIE refused for good: keep its reason; later changes to the person are delivered afresh."""
+    """The HIE refused for good: keep its reason; later changes to the person are delivered afresh.
+
+    ``published``: what the HIE may hold for the person now, when that grew (an answer that does
+    not say the request failed as a whole: what it carried may have been applied).
+    """
+    held = {} if published is None else {"published": orjson.dumps(list(published)).decode()}
     await conn.execute(update(outbox).where(outbox.c.id.in_(list(ids))).values(status="dead", sent_at=now))
     await conn.execute(
         insert(dead_letters).values(
@@ -300,6 +306,7 @@ async def dead_letter(
             last_error=f"dead letter: HTTP {status_code}",
             lease_owner=None,
             lease_until=None,
+            **held,
         )
     )
 
