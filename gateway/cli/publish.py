@@ -17,13 +17,16 @@ from gateway.cli.common import err, run, write_json
 from gateway.cli.serve import log_config
 from gateway.publish.client import HieClient
 from gateway.publish.publisher import Publisher, backfill, utcnow
-from gateway.report import EXIT_FAILED
+from gateway.report import EXIT_FAILED, EXIT_QUARANTINED
 from gateway.store import outbox as box
 
 
 @click.group(invoke_without_command=True)
 @click.option(
-    "--until-idle", is_flag=True, help="Exit once nothing is due or waiting to retry (batch use, tests)."
+    "--until-idle",
+    is_flag=True,
+    help="Exit once nothing is due or waiting to retry (batch use, tests): exit code 1 if the HIE "
+    "refused any delivery for good (a dead letter), as ingest's 1 for quarantined records.",
 )
 @click.option(
     "--all",
@@ -69,6 +72,8 @@ def publish(ctx: click.Context, until_idle: bool, backfill_all: bool) -> None:
 
     result = run(body)
     write_json(result)
+    if until_idle and result.get("dead_letters"):
+        sys.exit(EXIT_QUARANTINED)  # a batch run whose deliveries were refused: not a success
 
 
 @publish.command()
