@@ -235,7 +235,10 @@ class Publisher:
                 self.stats.busy += len(claimed) - len(leased)
                 await box.release_rows(conn, busy, now + timedelta(seconds=0.2))
             rest = await box.claim_rest(conn, leased, self.owner, now, until)
-        return [Lease(claimed[n] + rest.get(n, []), leased[n], until) for n in sorted(leased)]
+        return [
+            Lease(claimed[n] + rest.get(n, []), leased[n], until, leased[n].delivery_id != fresh_ids[n])
+            for n in sorted(leased)
+        ]
 
     async def _deliver_all(self, claimed: list[Lease], claim: _Claim | None = None) -> None:
         """Decide and log for the whole claim together; send ``publish_concurrency`` requests at a time.
@@ -282,8 +285,15 @@ class Publisher:
         if disclosed.permitted and disclosed.resources:
             body = publication(disclosed.resources, number, state.published)
             new_state, held = "published", refs_of(disclosed.resources)
-        elif state.published or state.state == "published":
-            body = retraction(state.published, number)
+        elif state.published or state.state == "published" or lease.resumed:
+            gone = state.published
+            if lease.resumed:
+                # An earlier attempt may have gone out unrecorded (its publisher killed between
+                # sending and recording): it carried at most the person's resources, and concord
+                # never deletes one, so their current ids cover it. DELETEs of what the HIE never
+                # got are answered 404 or 410, which count as done.
+                gone = sorted({*state.published, *await self.services.reads.refs(number)})
+            body = retraction(gone, number)
             new_state, held = "retracted", []
         else:
             await self._finish(number, ids, "retracted" if not disclosed.permitted else "none", [])
@@ -419,6 +429,9 @@ class Lease:
     state: box.PersonState
     #: When the lease lapses.
     until: datetime
+    #: The lease kept the delivery id of an earlier attempt that never finished: retried, or a
+    #: publisher that died mid-request (its lease lapsed), which may have sent what it did not record.
+    resumed: bool = False
 
     @property
     def delivery_id(self) -> str:

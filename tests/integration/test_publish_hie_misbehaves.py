@@ -360,3 +360,38 @@ async def test_with_a_short_lease_a_dripping_hie_still_cannot_outlast_it(
         assert stats.retried == PEOPLE, "each request was cut off by its deadline, inside the lease"
     finally:
         await services.close()
+
+
+async def test_an_opt_out_after_a_publisher_died_mid_request_retracts_what_it_sent(
+    world: Services, hie: Hie
+) -> None:
+    """A publisher killed between sending a person's view and recording the answer left nothing
+    recorded: the person counted as never published, and an opt-out then deleted nothing."""
+    arrived = asyncio.Event()
+
+    async def dies(request: web.Request) -> web.StreamResponse:
+        arrived.set()
+        await asyncio.sleep(3600)  # the publisher is killed before any answer
+        raise AssertionError("unreachable")
+
+    hie.answer = dies
+    only = world.settings.model_copy(update={"publish_concurrency": 1})
+    async with HieClient(only) as client:
+        killed = asyncio.create_task(Publisher(world, client).run(until_idle=True))
+        await asyncio.wait_for(arrived.wait(), 10)
+        killed.cancel()  # as kill -9: nothing after the send runs
+        with pytest.raises(asyncio.CancelledError):
+            await killed
+    sent = hie.received[0]
+    number = next(n for n in await shareable(world) if n.encode() in sent)
+    async with world.engine.begin() as conn:  # its lease lapses
+        await conn.execute(hie_people.update().values(lease_until=None, lease_owner=None))
+    await world.register.opt_out(number, OptOutKind.LOCAL, Authority.LETTER, ACTOR, "t1")
+    hie.answer, hie.received = hie.ok, []
+    await publish(world)
+    retractions = [orjson.loads(b) for b in hie.received if b'"DELETE"' in b]
+    deletes = {e["request"]["url"] for r in retractions for e in r["entry"]}
+    for entry in orjson.loads(sent)["entry"]:
+        url = entry["request"]["url"]
+        assert url in deletes or url.startswith("Patient?"), f"{url} was sent and is not retracted"
+    assert f"Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{number}" in deletes
