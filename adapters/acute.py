@@ -62,6 +62,8 @@ _NHS_SHAPE = re.compile(r"\d{3}[ -]?\d{3}[ -]?\d{4}")
 #: number is: Scotland's CHI number, Northern Ireland's Health and Care number. Never an NHS number.
 _OTHER_NATIONAL = frozenset({"CHI", "HSNI", "HSCNI", "HCN"})
 _HOSPITAL_TYPES = ("MR", "MRN", "MEDREC", "PI", "PT")
+#: Identifier types trusts send the NHS number as (UCLH's EMAP feed: HN).
+_NHS_TYPES = frozenset({"NH", "HN", "NHS", "NHSNBR"})
 #: Identifier types (CX.5, HL7 table 0203) that are not the trust's number for the person: national
 #: numbers (NHS, social security, driving licence, passport) and the numbers of an account or a visit.
 _NOT_HOSPITAL_TYPES = frozenset(
@@ -293,10 +295,13 @@ class _Cx:
 
     @property
     def is_nhs(self) -> bool:
-        """Assigned by the NHS (CX.4 ``NHS`` or the NHS number OID), whatever its type; or of type NH,
-        unless another national scheme assigned it (a CHI or Health and Care number)."""
+        """Assigned by the NHS (CX.4 ``NHS`` or the NHS number OID) as an NHS number: of an NHS number
+        type or none, or shaped like one whatever its type (a local type on the NHS number); or of type
+        NH, unless another national scheme assigned it (a CHI or Health and Care number). An
+        NHS-assigned identifier of a local type not shaped like an NHS number (``H1^^^NHS^MR``, a
+        trust that names itself NHS) is not the NHS number, and may be the hospital number."""
         if self.authority.upper() == "NHS" or self.authority_oid == NHS_NUMBER_OID:
-            return True
+            return not self.type or self.type in _NHS_TYPES or bool(_NHS_SHAPE.fullmatch(self.id))
         return self.type == "NH" and self.authority.upper() not in _OTHER_NATIONAL
 
     @property

@@ -268,14 +268,14 @@ def _read_entries(entries: list[Any], context: _Context) -> list[tuple[int, Item
 
 def _without_repeats(entries: list[Any], made: list[tuple[_Group, Item]]) -> list[tuple[_Group, Item]]:
     """Two different Patient entries that are one record of this sender (the same id, stable fullUrl
-    or NHS number, and the same NHS number) are both held back: FHIR R4 http.html fails a transaction
+    or NHS number, whatever NHS numbers they carry) are both held back: FHIR R4 http.html fails a transaction
     whose entries' resource identities overlap, and storing one over the other would answer both as
     written while the first is lost (a batch's entries name no order to write them in either).
     The same resource sent twice loses nothing and is taken (so is a CarePlan sent twice)."""
-    seen: dict[tuple[str, Any], list[int]] = {}
+    seen: dict[str, list[int]] = {}
     for group, item in made:
         if isinstance(item, SourceRecord) and group.patient is not None:
-            seen.setdefault((item.local_id, item.fields.get("nhs_number")), []).append(group.patient)
+            seen.setdefault(item.local_id, []).append(group.patient)
     repeated = {
         n: same
         for same in seen.values()

@@ -237,9 +237,7 @@ def restrictive_label(meta: Any) -> str | None:
         system = label.get("system") if isinstance(label, Mapping) else None
         code = label.get("code") if isinstance(label, Mapping) else None
         if (system, code) not in NORMAL_HANDLING:
-            shown = (
-                f"{code}" if system == CONFIDENTIALITY and isinstance(code, str) and code.isalpha() else ""
-            )
+            shown = code if system == CONFIDENTIALITY and code in ("R", "V") else ""
             return (
                 f"security label {shown or 'of another kind'} asks for handling this gateway does not "
                 "enforce: the record is not shared (send it without, once it may be shared normally)"

@@ -78,8 +78,10 @@ def ods_code(value: Any) -> Any:
 
 
 #: Reasons whose quarantined raw is not the whole record (a message over the size limit keeps only
-#: its start): a replay cannot read it, so it stays quarantined for that reason; re-send the record.
-NOT_HELD_WHOLE: Final = frozenset({"hl7-message-too-large"})
+#: its start; a Patient entry held back for another entry writing the same resource keeps only its
+#: own entries, so read alone it would be stored over the other): a replay cannot read it, so it
+#: stays quarantined for that reason; re-send the record.
+NOT_HELD_WHOLE: Final = frozenset({"hl7-message-too-large", "fhir-duplicate-resource"})
 
 
 class Adapter(Protocol):

@@ -41,7 +41,15 @@ from gateway.report import IngestReport
 from gateway.store import people, quarantine
 from gateway.store.dialect import upsert
 from gateway.store.people import StoredContribution
-from gateway.store.resources import ConcurrentWrite, Current, Key, Version, current_versions, write_versions
+from gateway.store.resources import (
+    ConcurrentWrite,
+    Current,
+    Key,
+    Version,
+    current_versions,
+    move_recorded,
+    write_versions,
+)
 from gateway.store.schema import ingest_runs, unknown_codes
 from gateway.store.versioning import content_hash, now, stamp
 from mappings import nhs_number
@@ -106,6 +114,14 @@ class _Batch:
     superseded: set[tuple[str, str | None, str]] = field(default_factory=set)
     #: People whose consent changed in this batch, with their new epochs (caches are told after commit).
     consent_epochs: dict[str, int] = field(default_factory=dict)
+    #: Unchanged resources whose source recorded them again, later: their ``recorded`` moves forward.
+    recorded_later: dict[Key, str] = field(default_factory=dict)
+
+
+#: Sources whose records are feed events, applied in the order their source recorded them. A FHIR
+#: push is an explicit write (FHIR update: the last request wins, ``ifMatch`` guards concurrency),
+#: so its ``Bundle.timestamp`` never holds one back.
+ORDERED_SOURCES: Final = frozenset({"gp", "acute", "community", "social-care"})
 
 
 class Ingestor:
@@ -217,6 +233,7 @@ class Ingestor:
             await self._rebuild_person(conn, number, by_person.get(number, {}), current, batch)
         await people.set_conflicts(conn, batch.conflicts, batch.when)
         await write_versions(conn, batch.versions)
+        await move_recorded(conn, batch.recorded_later)
         await self._follow_opt_outs(conn, batch)
         await self._write_quality(conn, batch)
         if replay_of is None:
@@ -326,11 +343,18 @@ class Ingestor:
                 key = (resource["resourceType"], resource["id"])
                 rhash = content_hash(resource)
                 cur = local_current.get(key)
-                if cur is not None and (
-                    cur.content_hash == rhash or (cur.recorded and _older(m.recorded, cur.recorded))
-                ):
-                    # Unchanged, or from a record older than the one that wrote it (an A03 re-read
-                    # after the A13 that cancelled it, an older extract replayed): never written over.
+                ordered = m.source in ORDERED_SOURCES and bool(m.recorded)
+                if cur is not None and cur.content_hash == rhash:
+                    if ordered and (not cur.recorded or _older(cur.recorded, m.recorded)):
+                        # The same content recorded again, later: an older change after it is older still.
+                        batch.recorded_later[key] = m.recorded
+                        local_current[key] = Current(cur.version_id, cur.content_hash, m.recorded)
+                    batch.report.count_resource(key[0], "unchanged")
+                    outcomes.append("unchanged")
+                    continue
+                if cur is not None and ordered and cur.recorded and _older(m.recorded, cur.recorded):
+                    # From a record older than the one that wrote it (an A03 re-read after the A13
+                    # that cancelled it, an older extract replayed): never written over.
                     batch.report.count_resource(key[0], "unchanged")
                     outcomes.append("unchanged")
                     continue
@@ -338,6 +362,7 @@ class Ingestor:
                 stamped = stamp(resource, version_id, batch.when)
                 self.cache.validate(stamped, rhash)
                 recorded = m.recorded or None
+                batch.recorded_later.pop(key, None)  # this version's time, until a later record's
                 staged.append(
                     Version(
                         key[0],

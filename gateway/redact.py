@@ -36,6 +36,12 @@ def path(raw: str) -> str:
     return _DIGITS.sub(REDACTED, decoded)[:MAX_CHARS]
 
 
+def holds_number(text: str) -> bool:
+    """Whether ``text`` holds a run of six or more digits, however separated (an NHS number, a date
+    of birth, a phone number): what is never kept from a stranger's answer."""
+    return _DIGITS.search(text) is not None
+
+
 def parameter_name(name: str) -> str:
     """A query parameter's name fit to echo in an answer (an unknown parameter's OperationOutcome):
     printable, at most 40 characters, digit runs as ``…``, whatever separates their digits."""

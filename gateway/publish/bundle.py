@@ -12,9 +12,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
+
+from gateway.redact import holds_number
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 
@@ -140,8 +142,20 @@ def problem(diagnostics: str) -> dict[str, Any]:
     }
 
 
-#: A code (``severity``, ``code``, a coding's ``system``/``version``/``code``): no spaces, short.
+#: A coding's ``system``/``version``/``code``: no spaces, short, and no run of six or more digits
+#: (an HIE may code a refusal with what it refused: an NHS number, a date of birth, a phone number).
 _TOKEN = re.compile(r"[A-Za-z0-9_.:/#|+-]{1,200}")
+#: R4's IssueSeverity and IssueType codes (required bindings): an issue's ``severity`` and ``code``.
+ISSUE_SEVERITIES: Final = frozenset({"fatal", "error", "warning", "information"})
+ISSUE_TYPES: Final = frozenset(
+    {
+        "invalid", "structure", "required", "value", "invariant", "security", "login", "unknown",
+        "expired", "forbidden", "suppressed", "processing", "not-supported", "duplicate",
+        "multiple-matches", "not-found", "deleted", "too-long", "code-invalid", "extension",
+        "too-costly", "business-rule", "conflict", "transient", "lock-error", "no-store", "exception",
+        "timeout", "incomplete", "throttled", "informational",
+    }
+)  # fmt: skip
 #: An element path (``expression``, ``location``): a FHIRPath of names and indexes only, so that it
 #: cannot quote a value (``Patient.name.where(family='…')`` is not kept); or an XPath of the same kind.
 _PATH = re.compile(
@@ -163,7 +177,11 @@ def safe_outcome(outcome: dict[str, Any] | None) -> dict[str, Any] | None:
     for issue in issues[:MAX_ISSUES] if isinstance(issues, list) else []:
         if not isinstance(issue, dict):
             continue
-        one: dict[str, Any] = {k: issue[k] for k in ("severity", "code") if _is_token(issue.get(k))}
+        one: dict[str, Any] = {}
+        if issue.get("severity") in ISSUE_SEVERITIES:
+            one["severity"] = issue["severity"]
+        if issue.get("code") in ISSUE_TYPES:
+            one["code"] = issue["code"]
         for key in ("expression", "location"):
             paths = issue.get(key)
             if isinstance(paths, list):
@@ -176,11 +194,16 @@ def safe_outcome(outcome: dict[str, Any] | None) -> dict[str, Any] | None:
             coded = [
                 {k: c[k] for k in ("system", "version", "code") if _is_token(c.get(k))}
                 for c in codings[:MAX_ISSUES]
-                if isinstance(c, dict)
+                if isinstance(c, dict) and not _quotes_a_number(c)
             ]
             one["details"] = {"coding": [c for c in coded if c]}
         kept.append(one)
     return {"resourceType": "OperationOutcome", "issue": kept}
+
+
+def _quotes_a_number(coding: dict[str, Any]) -> bool:
+    """A coding whose system, version or code holds a run of digits: dropped whole."""
+    return any(holds_number(str(coding.get(k, ""))) for k in ("system", "version", "code"))
 
 
 def _is_token(value: object) -> bool:

@@ -339,10 +339,12 @@ class Publisher:
             outcome = reply.outcome or {"diagnostics": about}
             if reply.failed_entry is not None:
                 outcome = {"failed_entry": reply.failed_entry, "outcome": outcome}
-            # The request went out and the answer does not say it failed as a whole (a 2xx that
-            # reads wrong, an HIE that applies entries one by one): what it carried may be at the
-            # HIE, so a retraction after an opt-out must delete it too (as after a lost answer).
-            maybe = sorted(set(state.published) | set(held))
+            # A 2xx that reads wrong (empty, not a Bundle, a failed entry: an HIE that applies entries
+            # one by one) does not say the request failed as a whole: what it carried may be at the
+            # HIE, so a retraction after an opt-out must delete it too (as after a lost answer). A
+            # 3xx or 4xx says nothing was applied.
+            applied = 200 <= response.status < 300
+            maybe = sorted(set(state.published) | set(held)) if applied else sorted(state.published)
             async with self.services.engine.begin() as conn:
                 await box.dead_letter(
                     conn,

@@ -8,7 +8,7 @@ transaction then rolls back and is retried by the caller.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -134,6 +134,17 @@ async def write_versions(conn: AsyncConnection, versions: Sequence[Version]) -> 
     if inserts:
         await conn.execute(resources.insert(), inserts)
     await conn.execute(outbox.insert(), outbox_rows)
+
+
+async def move_recorded(conn: AsyncConnection, recorded: Mapping[Key, str]) -> None:
+    """Set ``recorded`` on current rows whose content the source sent again, later (no new version).
+    Call after ``write_versions``: a row written in the same batch gets the later time too."""
+    for (rtype, rid), when in recorded.items():
+        await conn.execute(
+            update(resources)
+            .where(resources.c.resource_type == rtype, resources.c.id == rid)
+            .values(recorded=when)
+        )
 
 
 class ConcurrentWrite(Exception):

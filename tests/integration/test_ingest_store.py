@@ -117,6 +117,36 @@ async def test_a_message_over_the_size_limit_stays_quarantined_for_that_reason_o
     assert (still.id, still.reason, still.status) == (held.id, "hl7-message-too-large", "open")
 
 
+async def test_a_patient_held_back_as_a_duplicate_stays_quarantined_on_replay(services: Services) -> None:
+    """Each held-back entry keeps only its own Patient: replayed alone, both would be stored, the
+    second over the first, the loss the hold-back prevents."""
+
+    def patient(family: str) -> dict[str, object]:
+        return {
+            "resourceType": "Patient",
+            "id": "epr-42",
+            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": NHS}],
+            "name": [{"family": family}],
+        }
+
+    data = orjson.dumps(
+        {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": patient("Smith")}, {"resource": patient("Jones")}],
+        }
+    )
+    report = await services.ingestor.run("fhir", FhirBundleAdapter().read(io.BytesIO(data)), "p.json")
+    assert dict(report.quarantined) == {"fhir-duplicate-resource": 2}
+    async with services.engine.connect() as conn:
+        held = await quarantine.listing(conn)
+    again = await services.ingestor.replay([h.id for h in held], {"fhir": FhirBundleAdapter()})
+    assert (again.accepted, dict(again.quarantined)) == (0, {"fhir-duplicate-resource": 2})
+    async with services.engine.connect() as conn:
+        stored = (await conn.execute(select(func.count()).select_from(contributions))).scalar_one()
+    assert stored == 0
+
+
 async def test_two_dates_of_birth_are_reported_not_resolved(services: Services) -> None:
     await ingest_gp(services, gp_row())
     patient = {

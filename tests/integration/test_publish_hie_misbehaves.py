@@ -395,3 +395,22 @@ async def test_an_opt_out_after_a_publisher_died_mid_request_retracts_what_it_se
         url = entry["request"]["url"]
         assert url in deletes or url.startswith("Patient?"), f"{url} was sent and is not retracted"
     assert f"Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{number}" in deletes
+
+
+async def test_an_opt_out_after_a_refusal_retracts_nothing_the_hie_never_held(
+    world: Services, hie: Hie
+) -> None:
+    """A 4xx says the transaction was not applied: an opt-out after it sends no DELETEs (which
+    would tell the HIE of a person it never held)."""
+
+    async def refused(request: web.Request) -> web.StreamResponse:
+        outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid"}]}
+        return web.json_response(outcome, status=422)
+
+    hie.answer = refused
+    assert (await publish(world)).dead == PEOPLE
+    number = (await shareable(world))[0]
+    await world.register.opt_out(number, OptOutKind.LOCAL, Authority.LETTER, ACTOR, "t1")
+    hie.answer, hie.received = hie.ok, []
+    stats = await publish(world)
+    assert (stats.retracted, hie.received) == (0, [])

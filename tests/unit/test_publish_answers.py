@@ -106,3 +106,34 @@ def test_a_token_lifetime_that_is_not_a_number_is_not_cached(expires_in: Any, li
     if expires_in is not None:
         body["expires_in"] = expires_in
     assert read_token(orjson.dumps(body)) == ("abc", lifetime)
+
+
+def test_an_nhs_number_in_a_code_or_a_coding_is_not_kept() -> None:
+    """An HIE that codes its refusal with what it refused: was kept in the dead letter."""
+    kept = safe_outcome(
+        {
+            "issue": [
+                {
+                    "severity": "error",
+                    "code": "9990000018",
+                    "details": {
+                        "coding": [
+                            {"system": "https://hie.example/nhs-number/9990000018", "code": "DUP"},
+                            {"system": "urn:s", "code": "999-000-0018"},
+                            {"system": "urn:s", "code": "19500102"},
+                            {"system": "urn:s", "code": "E42"},
+                        ]
+                    },
+                }
+            ]
+        }
+    )
+    assert kept == {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "details": {"coding": [{"system": "urn:s", "code": "E42"}]},
+            }
+        ],
+    }

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fhir.resources.R4B import get_fhir_model_class
+from sqlalchemy import text
 
 from gateway.api.principal import Principal, Role
 from gateway.bootstrap import Services
@@ -97,5 +98,43 @@ async def test_two_patient_entries_that_are_one_record_are_held_back(
     # The plan names the person by NHS number, which both Patient entries carry: never guessed.
     codes = [r["outcome"]["issue"][0]["details"]["coding"][0]["code"] for r in responses]
     assert codes == ["fhir-duplicate-resource", "fhir-duplicate-resource", "fhir-unresolved-reference"]
+    async with services.engine.connect() as conn:
+        assert (await count_by_type(conn)).get("Patient", 0) == 0
+
+
+async def test_a_pushed_update_is_applied_whatever_its_bundle_timestamp(
+    app: FastAPI, client: httpx.AsyncClient, services: Services
+) -> None:
+    """A FHIR push is an explicit write: a revoke sent with an earlier Bundle.timestamp than the
+    plan's was answered 200 at the old version while the plan stayed active."""
+    bundle = asset()
+    bundle["timestamp"] = "2026-03-02T09:30:00+00:00"
+    first = await push(app, client, bundle)
+    bundle["timestamp"] = "2026-03-01T09:30:00+00:00"
+    bundle["entry"][1]["resource"]["status"] = "revoked"
+    second = await push(app, client, bundle)
+    assert second[1]["etag"] != first[1]["etag"]
+    async with services.engine.connect() as conn:
+        [(status,)] = (
+            await conn.execute(text("SELECT status FROM resources WHERE resource_type = 'CarePlan'"))
+        ).all()
+    assert status == "revoked"
+
+
+async def test_two_patient_entries_with_one_id_and_two_nhs_numbers_are_held_back(
+    app: FastAPI, client: httpx.AsyncClient, services: Services
+) -> None:
+    """PUT Patient/x twice with different NHS numbers: both were stored, one sender record under two people."""
+    bundle = asset()
+    patient = bundle["entry"][0]
+    patient["resource"]["id"] = "epr-42"
+    patient["request"] = {"method": "PUT", "url": "Patient/epr-42"}
+    other = copy.deepcopy(patient)
+    other["fullUrl"] = "urn:uuid:6f1c3f0e-6c55-4f0e-9a43-0000000000a5"
+    other["resource"]["identifier"][0]["value"] = "9990000018"
+    bundle["entry"] = [patient, other]
+    responses = await push(app, client, bundle)
+    codes = [r["outcome"]["issue"][0]["details"]["coding"][0]["code"] for r in responses]
+    assert codes == ["fhir-duplicate-resource", "fhir-duplicate-resource"]
     async with services.engine.connect() as conn:
         assert (await count_by_type(conn)).get("Patient", 0) == 0

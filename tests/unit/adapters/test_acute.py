@@ -496,6 +496,17 @@ def test_pid3_identifiers_are_told_apart_as_uk_trusts_send_them() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "pid3",
+    ["H1^^^NHS^MR~9990000018^^^NHS^NH", "9990000018^^^NHS^NH~H1^^^NHS^MR", "H1^^^NHS^PI~9990000018^^^NHS"],
+)
+def test_a_trust_that_names_itself_nhs_keeps_its_hospital_number(pid3: str) -> None:
+    """An NHS-assigned identifier of a local type, not shaped like an NHS number, is the hospital
+    number: taken for the NHS number instead, the message was quarantined as local-id-missing."""
+    record = only_record(read_bytes(adt(f"PID|1||{pid3}||Smith^Ann||19500102|F", event="A08")))
+    assert (record.local_id, record.fields["nhs_number"]) == ("H1", "9990000018")
+
+
 def test_a_merge_retires_the_hospital_number_not_an_account_number() -> None:
     new = "PID|1||H2^^^R9Z01^MR~9990000018^^^NHS^NH||Smith^Ann||19500102|F"
     record = only_record(
