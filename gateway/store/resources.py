@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, func, select, tuple_, update
+from sqlalchemy import and_, bindparam, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.schema import outbox, resource_history, resources
@@ -139,12 +139,14 @@ async def write_versions(conn: AsyncConnection, versions: Sequence[Version]) -> 
 async def move_recorded(conn: AsyncConnection, recorded: Mapping[Key, str]) -> None:
     """Set ``recorded`` on current rows whose content the source sent again, later (no new version).
     Call after ``write_versions``: a row written in the same batch gets the later time too."""
-    for (rtype, rid), when in recorded.items():
-        await conn.execute(
-            update(resources)
-            .where(resources.c.resource_type == rtype, resources.c.id == rid)
-            .values(recorded=when)
-        )
+    if not recorded:
+        return
+    await conn.execute(
+        update(resources)
+        .where(resources.c.resource_type == bindparam("b_type"), resources.c.id == bindparam("b_id"))
+        .values(recorded=bindparam("b_recorded")),
+        [{"b_type": t, "b_id": i, "b_recorded": when} for (t, i), when in recorded.items()],
+    )
 
 
 class ConcurrentWrite(Exception):

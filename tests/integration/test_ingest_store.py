@@ -15,7 +15,7 @@ from gateway.ingest import MERGED_PATIENT_INVALID, Ingestor
 from gateway.report import IngestReport
 from gateway.store import people, quarantine
 from gateway.store.resources import history, read_current
-from gateway.store.schema import conflicts, contributions, outbox, resource_history
+from gateway.store.schema import conflicts, contributions, outbox, resource_history, resources
 from mappings.engine import Engine
 from mappings.mapper import Mapper
 from mappings.specs import load_specs
@@ -361,6 +361,11 @@ async def test_an_older_message_read_again_never_writes_over_a_plan(services: Se
     await ingest(discharge)
     await ingest(adt("A13", pid, pv1, at="20260406090000"))
     assert await plan() == ("2", "revoked")
+    async with services.engine.connect() as conn:  # the plan's Provenance, unchanged, was sent later
+        times = await conn.execute(
+            select(resources.c.resource_type, resources.c.recorded).where(resources.c.recorded.is_not(None))
+        )
+        assert sorted(times.all()) == [("CarePlan", "20260406090000"), ("Provenance", "20260406090000")]
     await ingest(discharge)  # the older file again
     assert await plan() == ("2", "revoked")
     await ingest(adt("A03", pid, pv1, follow_up, at="20260407090000"))  # discharged again, later
