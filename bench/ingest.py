@@ -26,6 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
+# Run as `python bench/ingest.py`, this file's directory is first on sys.path and bench/consent.py
+# would shadow the `consent` package: drop that entry before importing the project.
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
 

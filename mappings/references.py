@@ -27,17 +27,30 @@ from mappings.engine import pruned
 def settled(resource: Mapping[str, Any], named: Mapping[str, str], allowed: Set[str]) -> dict[str, Any]:
     """``resource`` with only the references it may store: ``named`` turns a reference an adapter
     wrote into the one stored; ``allowed`` are the literal references that resolve for this person."""
-    body: dict[str, Any] = _literal(resource, named, allowed)
-    contained = _kept(body)
+    seen = _Seen()
+    body: dict[str, Any] = _literal(resource, named, allowed, seen)
+    contained = _kept(body) if body.get("contained") else []
     if contained:
         body["contained"] = contained
     else:
         body.pop("contained", None)
-    ids = {f"#{c['id']}" for c in contained if isinstance(c.get("id"), str)}
+    ids = {f"#{c['id']}" for c in contained if isinstance(c.get("id"), str)} | {"#"}
+    if not seen.local <= ids:  # a reference to a contained resource that is not kept
+        body = _local(body, ids)
     # ext-1: an extension whose value was a reference now removed, and that holds no extensions of
     # its own, says nothing: dropped, at every level, rather than stored as a bare ``url``.
-    out: dict[str, Any] = pruned(_local(body, ids | {"#"}), drop=_bare_extension)
+    out: dict[str, Any] = pruned(body, drop=_bare_extension)
     return out
+
+
+class _Seen:
+    """What the first walk found: the local (``#``) references, so that the walk for those whose
+    contained resource is not kept runs only when there is one."""
+
+    __slots__ = ("local",)
+
+    def __init__(self) -> None:
+        self.local: set[str] = set()
 
 
 def _bare_extension(value: Any) -> bool:
@@ -59,16 +72,19 @@ def _kept(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         alive = kept
 
 
-def _literal(value: Any, named: Mapping[str, str], allowed: Set[str]) -> Any:
+def _literal(value: Any, named: Mapping[str, str], allowed: Set[str], seen: _Seen) -> Any:
     if isinstance(value, list):
-        return [_literal(v, named, allowed) for v in value]
+        return [_literal(v, named, allowed, seen) for v in value]
     if not isinstance(value, Mapping):
         return value
-    out = {k: _literal(v, named, allowed) for k, v in value.items()}
+    out = {k: _literal(v, named, allowed, seen) for k, v in value.items()}
     reference = out.get("reference")
     if isinstance(reference, str):
         reference = named.get(reference, reference)
-        if reference.startswith("#") or reference in allowed:
+        if reference.startswith("#"):
+            out["reference"] = reference
+            seen.local.add(reference)
+        elif reference in allowed:
             out["reference"] = reference
         else:
             _unreference(out)

@@ -64,3 +64,27 @@ def test_a_complex_extension_left_with_no_sub_extension_is_dropped_too() -> None
     ]
     alone = {**plan, "extension": plan["extension"][:1]}
     assert settled(alone, {}, set()) == {"resourceType": "CarePlan", "id": "cp1"}
+
+
+def test_local_references_are_kept_only_to_what_is_contained() -> None:
+    """The walk for ``#`` references runs only when one names a contained resource not kept: each
+    case here takes a different way through ``settled``."""
+    plan = {
+        "resourceType": "CarePlan",
+        "author": {"reference": "#gone", "display": "Dr A"},  # no such contained resource
+        "goal": [{"reference": "#g"}],
+        "contained": [
+            {"resourceType": "Goal", "id": "g", "description": {"text": "walk"}},
+            {"resourceType": "Goal", "id": "unused", "description": {"text": "x"}},  # dom-3
+        ],
+    }
+    out = settled(plan, {}, set())
+    assert out["author"] == {"display": "Dr A"}
+    assert out["goal"] == [{"reference": "#g"}]
+    assert [c["id"] for c in out["contained"]] == ["g"]
+    alone = settled({"resourceType": "CarePlan", "author": {"reference": "#x"}}, {}, set())
+    assert alone == {"resourceType": "CarePlan"}
+    itself = {"resourceType": "CarePlan", "contained": [{"resourceType": "Goal", "id": "g", "x": "#"}]}
+    assert settled(itself, {}, set())["contained"] == itself["contained"]
+    plain = {"resourceType": "CarePlan", "subject": {"reference": "Patient/p"}}
+    assert settled(plain, {}, {"Patient/p"}) == plain
