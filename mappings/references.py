@@ -28,7 +28,7 @@ def settled(resource: Mapping[str, Any], named: Mapping[str, str], allowed: Set[
     """``resource`` with only the references it may store: ``named`` turns a reference an adapter
     wrote into the one stored; ``allowed`` are the literal references that resolve for this person."""
     seen = _Seen()
-    body: dict[str, Any] = _literal(resource, named, allowed, seen)
+    body: dict[str, Any] = dict(_literal(resource, named, allowed, seen))
     contained = _kept(body) if body.get("contained") else []
     if contained:
         body["contained"] = contained
@@ -73,22 +73,37 @@ def _kept(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 def _literal(value: Any, named: Mapping[str, str], allowed: Set[str], seen: _Seen) -> Any:
+    """``value`` with each reference renamed (``named``) or removed unless local or ``allowed``.
+    Copy on write: what holds no change is handed back as it is (most of a resource)."""
     if isinstance(value, list):
-        return [_literal(v, named, allowed, seen) for v in value]
-    if not isinstance(value, Mapping):
-        return value
-    out = {k: _literal(v, named, allowed, seen) for k, v in value.items()}
-    reference = out.get("reference")
+        changed: list[Any] | None = None
+        for i, item in enumerate(value):
+            new = _literal(item, named, allowed, seen) if isinstance(item, dict | list) else item
+            if changed is None and new is not item:
+                changed = value[:i]
+            if changed is not None:
+                changed.append(new)
+        return value if changed is None else changed
+    out: dict[str, Any] | None = None
+    for key, item in value.items():
+        if isinstance(item, dict | list):
+            new = _literal(item, named, allowed, seen)
+            if new is not item:
+                out = dict(value) if out is None else out
+                out[key] = new
+    reference = value.get("reference")
     if isinstance(reference, str):
-        reference = named.get(reference, reference)
-        if reference.startswith("#"):
-            out["reference"] = reference
-            seen.local.add(reference)
-        elif reference in allowed:
-            out["reference"] = reference
+        renamed = named.get(reference, reference)
+        if renamed.startswith("#"):
+            seen.local.add(renamed)
+        if renamed.startswith("#") or renamed in allowed:
+            if renamed != reference:
+                out = dict(value) if out is None else out
+                out["reference"] = renamed
         else:
+            out = dict(value) if out is None else out
             _unreference(out)
-    return out
+    return value if out is None else out
 
 
 def _local(value: Any, ids: Set[str]) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from mappings.references import settled
 
 
@@ -78,7 +80,9 @@ def test_local_references_are_kept_only_to_what_is_contained() -> None:
             {"resourceType": "Goal", "id": "unused", "description": {"text": "x"}},  # dom-3
         ],
     }
+    before = copy.deepcopy(plan)
     out = settled(plan, {}, set())
+    assert plan == before  # pure: the resource given is not changed
     assert out["author"] == {"display": "Dr A"}
     assert out["goal"] == [{"reference": "#g"}]
     assert [c["id"] for c in out["contained"]] == ["g"]
@@ -88,3 +92,7 @@ def test_local_references_are_kept_only_to_what_is_contained() -> None:
     assert settled(itself, {}, set())["contained"] == itself["contained"]
     plain = {"resourceType": "CarePlan", "subject": {"reference": "Patient/p"}}
     assert settled(plain, {}, {"Patient/p"}) == plain
+    named = {"resourceType": "CarePlan", "basedOn": [{"reference": "urn:uuid:1"}, {"reference": "X/y"}]}
+    renamed = settled(named, {"urn:uuid:1": "CarePlan/c1"}, {"CarePlan/c1"})
+    assert renamed["basedOn"] == [{"reference": "CarePlan/c1"}]
+    assert named["basedOn"][0] == {"reference": "urn:uuid:1"}
