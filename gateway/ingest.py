@@ -33,7 +33,9 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from adapters.fhir import SOURCE as FHIR_SOURCE
 from adapters.records import NOT_HELD_WHOLE, Item, RecordError, SourceRecord
+from adapters.registry import ADAPTERS
 from consent.model import Requester, RequesterKind
 from gateway.prevalidate import Prevalidator
 from gateway.register import ConsentRegister, GpOptOut
@@ -121,7 +123,7 @@ class _Batch:
 #: Sources whose records are feed events, applied in the order their source recorded them. A FHIR
 #: push is an explicit write (FHIR update: the last request wins, ``ifMatch`` guards concurrency),
 #: so its ``Bundle.timestamp`` never holds one back.
-ORDERED_SOURCES: Final = frozenset({"gp", "acute", "community", "social-care"})
+ORDERED_SOURCES: Final = frozenset(ADAPTERS) - {FHIR_SOURCE}
 
 
 class Ingestor:

@@ -19,6 +19,7 @@ import orjson
 import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
+from publishing import quick_publishing
 from sqlalchemy import select
 
 from adapters.registry import adapter_for
@@ -38,22 +39,9 @@ ACTOR = Requester(RequesterKind.OPERATOR, "CONCORD", "test")
 PEOPLE = 12
 
 
-def fast(settings: Settings, url: str) -> Settings:
-    return settings.model_copy(
-        update={
-            "hie_url": url,
-            "publish_backoff_seconds": 0.01,
-            "publish_backoff_cap_seconds": 0.1,
-            "publish_poll_seconds": 0.02,
-            "publish_lease_seconds": 5.0,
-            "hie_read_timeout": 1.0,
-        }
-    )
-
-
 @pytest.fixture
 async def world(store_settings: Settings, hie: TestServer) -> AsyncIterator[Services]:
-    services = await bootstrap(fast(store_settings, str(hie.make_url("/fhir"))))
+    services = await bootstrap(quick_publishing(store_settings, str(hie.make_url("/fhir"))))
     buffer = io.StringIO()
     WRITERS["gp"](population(PEOPLE, 11), buffer, random.Random("gp"), DefectPlan(0.0, 11))
     # Opt-out codes in the synthetic extract would make who is shareable vary: strip them.

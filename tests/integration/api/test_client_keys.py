@@ -102,6 +102,17 @@ async def by_url(services: Services, key: ec.EllipticCurvePrivateKey, url: str) 
     return await register(services, key, "ES384", jwks=url_registration(url))
 
 
+async def served(
+    services: Services, keys_server: KeyServer, cache_control: str | None = None
+) -> tuple[ec.EllipticCurvePrivateKey, Registered]:
+    """A new key, its set served at ``keys_server`` (with ``cache_control``), a client registered by the URL."""
+    key = new_key()
+    keys_server.serve(key)
+    if cache_control is not None:
+        keys_server.headers = {"Cache-Control": cache_control}
+    return key, await by_url(services, key, keys_server.url)
+
+
 def signer(client: Registered, key: ec.EllipticCurvePrivateKey) -> Registered:
     return Registered(
         client.client_id, client.name, key, public_jwk(key.public_key(), "ES384")["kid"], "ES384"
@@ -118,10 +129,7 @@ async def token_status(setup: Setup, caller: Registered) -> int:
 async def test_a_set_at_a_url_is_fetched_once_and_kept(
     services: Services, setup: Setup, keys_server: KeyServer
 ) -> None:
-    key = new_key()
-    keys_server.serve(key)
-    keys_server.headers = {"Cache-Control": "max-age=120"}
-    caller = await by_url(services, key, keys_server.url)
+    _, caller = await served(services, keys_server, "max-age=120")
     response = await setup.client.post("/token", data=form(caller.assertion()))
     assert response.status_code == 200, response.text
     token = response.json()["access_token"]
@@ -169,10 +177,7 @@ async def test_a_failed_refetch_for_an_unknown_kid_keeps_the_kept_keys(
 ) -> None:
     # The kid is read before the signature is checked: anyone can send iss=victim with a bogus kid.
     # If the victim's key server blips then, its kept keys must stay usable until their time is up.
-    key = new_key()
-    keys_server.serve(key)
-    keys_server.headers = {"Cache-Control": "max-age=3600"}
-    caller = await by_url(services, key, keys_server.url)
+    _, caller = await served(services, keys_server, "max-age=3600")
     assert await token_status(setup, caller) == 200
     keys_server.status = 503
     setup.clock.now += client_keys.REFETCH_SECONDS + 1
@@ -192,9 +197,7 @@ async def test_a_jku_equal_to_the_registered_url_is_accepted_any_other_refused(
     services: Services, setup: Setup, keys_server: KeyServer
 ) -> None:
     # SMART Backend Services: a jku, when present, must match the client's registered JWKS URL.
-    key = new_key()
-    keys_server.serve(key)
-    caller = await by_url(services, key, keys_server.url)
+    key, caller = await served(services, keys_server)
     sent = await setup.client.post("/token", data=form(caller.assertion(headers={"jku": keys_server.url})))
     assert sent.status_code == 200, sent.text
     for other in ("https://attacker.example/jwks.json", keys_server.url + "?x=1"):

@@ -430,13 +430,7 @@ def test_references_to_contained_resources_are_kept_and_unreferenced_ones_droppe
         "status": "current",
         "content": [{"attachment": {"title": "assessment"}}],
     }
-    orphan = {
-        "resourceType": "Goal",
-        "id": "unused",
-        "lifecycleStatus": "active",
-        "description": {"text": "x"},
-        "subject": {"display": "the person"},
-    }
+    orphan = contained_goal("unused")
     plan = a_plan(
         contained=[practitioner, report, orphan],
         author={"reference": "#pr1"},
@@ -456,14 +450,7 @@ def test_references_to_contained_resources_are_kept_and_unreferenced_ones_droppe
 
 def test_a_contained_resource_named_only_by_another_dropped_one_goes_too(mapper: Mapper) -> None:
     condition = {"resourceType": "Condition", "id": "c1", "subject": {"display": "the person"}}
-    goal = {
-        "resourceType": "Goal",
-        "id": "g1",
-        "lifecycleStatus": "active",
-        "description": {"text": "x"},
-        "subject": {"display": "the person"},
-        "addresses": [{"reference": "#c1"}],
-    }
+    goal = contained_goal("g1", addresses=[{"reference": "#c1"}])
     kept = {**goal, "id": "g2"}
     plan = a_plan(contained=[condition, goal, kept], goal=[{"reference": "#g2"}])
     [care_plan, _] = map_one(
@@ -477,15 +464,19 @@ def test_a_contained_resource_named_only_by_another_dropped_one_goes_too(mapper:
     assert "contained" not in care_plan
 
 
+def contained_goal(gid: str, **more: Any) -> dict[str, Any]:
+    """A Goal to contain in a plan: valid R4, its subject named only by display unless ``more`` says."""
+    goal = {"resourceType": "Goal", "id": gid, "lifecycleStatus": "active", "description": {"text": "x"}}
+    return {**goal, "subject": {"display": "the person"}, **more}
+
+
 def goal_about(patient_id: str, **subject: str) -> dict[str, Any]:
     """A contained Goal whose subject is the shared Patient ``patient_id`` (someone else's, here)."""
-    return {
-        "resourceType": "Goal",
-        "id": "g1",
-        "lifecycleStatus": "active",
-        "description": {"text": "Walk to the shops"},
-        "subject": {"reference": f"Patient/{patient_id}", **subject},
-    }
+    return contained_goal(
+        "g1",
+        description={"text": "Walk to the shops"},
+        subject={"reference": f"Patient/{patient_id}", **subject},
+    )
 
 
 def test_literal_references_to_someone_else_are_not_stored_in_contained_resources_or_extensions(
