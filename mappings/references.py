@@ -27,30 +27,20 @@ from mappings.engine import pruned
 def settled(resource: Mapping[str, Any], named: Mapping[str, str], allowed: Set[str]) -> dict[str, Any]:
     """``resource`` with only the references it may store: ``named`` turns a reference an adapter
     wrote into the one stored; ``allowed`` are the literal references that resolve for this person."""
-    seen = _Seen()
-    body: dict[str, Any] = dict(_literal(resource, named, allowed, seen))
+    local: set[str] = set()  # the local (``#``) references kept by the first walk
+    body: dict[str, Any] = dict(_literal(resource, named, allowed, local))
     contained = _kept(body) if body.get("contained") else []
     if contained:
         body["contained"] = contained
     else:
         body.pop("contained", None)
     ids = {f"#{c['id']}" for c in contained if isinstance(c.get("id"), str)} | {"#"}
-    if not seen.local <= ids:  # a reference to a contained resource that is not kept
+    if not local <= ids:  # a reference to a contained resource that is not kept
         body = _local(body, ids)
     # ext-1: an extension whose value was a reference now removed, and that holds no extensions of
     # its own, says nothing: dropped, at every level, rather than stored as a bare ``url``.
     out: dict[str, Any] = pruned(body, drop=_bare_extension)
     return out
-
-
-class _Seen:
-    """What the first walk found: the local (``#``) references, so that the walk for those whose
-    contained resource is not kept runs only when there is one."""
-
-    __slots__ = ("local",)
-
-    def __init__(self) -> None:
-        self.local: set[str] = set()
 
 
 def _bare_extension(value: Any) -> bool:
@@ -72,13 +62,13 @@ def _kept(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         alive = kept
 
 
-def _literal(value: Any, named: Mapping[str, str], allowed: Set[str], seen: _Seen) -> Any:
+def _literal(value: Any, named: Mapping[str, str], allowed: Set[str], local: set[str]) -> Any:
     """``value`` with each reference renamed (``named``) or removed unless local or ``allowed``.
     Copy on write: what holds no change is handed back as it is (most of a resource)."""
     if isinstance(value, list):
         changed: list[Any] | None = None
         for i, item in enumerate(value):
-            new = _literal(item, named, allowed, seen) if isinstance(item, dict | list) else item
+            new = _literal(item, named, allowed, local) if isinstance(item, dict | list) else item
             if changed is None and new is not item:
                 changed = value[:i]
             if changed is not None:
@@ -87,7 +77,7 @@ def _literal(value: Any, named: Mapping[str, str], allowed: Set[str], seen: _See
     out: dict[str, Any] | None = None
     for key, item in value.items():
         if isinstance(item, dict | list):
-            new = _literal(item, named, allowed, seen)
+            new = _literal(item, named, allowed, local)
             if new is not item:
                 out = dict(value) if out is None else out
                 out[key] = new
@@ -95,7 +85,7 @@ def _literal(value: Any, named: Mapping[str, str], allowed: Set[str], seen: _See
     if isinstance(reference, str):
         renamed = named.get(reference, reference)
         if renamed.startswith("#"):
-            seen.local.add(renamed)
+            local.add(renamed)
         if renamed.startswith("#") or renamed in allowed:
             if renamed != reference:
                 out = dict(value) if out is None else out

@@ -42,6 +42,7 @@ import orjson
 from gateway.api import assertion
 from gateway.api.assertion import JwksError, Key
 from gateway.api.oauth import Rejected
+from gateway.http_read import read_at_most
 
 log = logging.getLogger(__name__)
 
@@ -212,13 +213,9 @@ class ClientKeys:
             ) as response:
                 if response.status != 200:
                     raise _FetchFailed(f"HTTP status {response.status}")
-                if (response.content_length or 0) > MAX_JWKS_BYTES:
+                body, oversized = await read_at_most(response, MAX_JWKS_BYTES)
+                if oversized:
                     raise _FetchFailed(f"more than {MAX_JWKS_BYTES} bytes")
-                body = bytearray()
-                async for chunk in response.content.iter_chunked(16 * 1024):
-                    body += chunk
-                    if len(body) > MAX_JWKS_BYTES:
-                        raise _FetchFailed(f"more than {MAX_JWKS_BYTES} bytes")
                 text = body.decode("utf-8", errors="replace")  # anything not UTF-8 then fails as JSON
                 return text, response.headers.get("Cache-Control")
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:

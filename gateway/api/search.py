@@ -102,13 +102,20 @@ class Query:
     ignored: tuple[str, ...]
 
 
-def strict_handling(prefer: str | None) -> bool:
-    """Whether ``Prefer`` asks for ``handling=strict`` (anything else, or nothing, is lenient)."""
+def preferences(prefer: str | None, name: str) -> list[str]:
+    """The values (lower case, unquoted) of each ``name=value`` in a ``Prefer`` header, in order
+    (RFC 7240; FHIR R4 http.html's ``handling`` and ``return``)."""
+    found = []
     for part in (prefer or "").replace(";", ",").split(","):
         key, _, value = part.strip().partition("=")
-        if key.strip().lower() == "handling" and value.strip().strip('"').lower() == "strict":
-            return True
-    return False
+        if key.strip().lower() == name:
+            found.append(value.strip().strip('"').lower())
+    return found
+
+
+def strict_handling(prefer: str | None) -> bool:
+    """Whether ``Prefer`` asks for ``handling=strict`` (anything else, or nothing, is lenient)."""
+    return "strict" in preferences(prefer, "handling")
 
 
 def parse(accepted: Mapping[str, str], pairs: Pairs, strict: bool, limits: Limits, base: str = "") -> Query:

@@ -4,8 +4,8 @@ In the order ``TokenRequest.parse`` runs them (each a ``Rejected``, RFC 6749 §5
 
 - the body is a form, each parameter once; a parameter sent without a value counts as not sent
   (RFC 6749 §3.1);
-- the client authenticates one way only (RFC 6749 §2.3): an assertion together with
-  ``client_secret`` or an ``Authorization`` header is ``invalid_request``;
+- the client authenticates one way only (RFC 6749 §2.3): any two of an ``Authorization``
+  header, ``client_secret`` and a client assertion is ``invalid_request``;
 - ``grant_type`` is sent (``invalid_request``) and is ``client_credentials``
   (``unsupported_grant_type``);
 - the client authenticates, and with a client assertion: with none at all, or with a

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from gateway.http_read import read_at_most
 from gateway.publish.backoff import parse_retry_after
 from gateway.publish.oauth import TokenSource, TokenUnavailable
 from gateway.settings import Settings
@@ -127,19 +128,3 @@ class HieClient:
             return HieResponse(
                 response.status, body, parse_retry_after(response.headers.get("Retry-After")), oversized
             )
-
-
-async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
-    """The body if it is at most ``limit`` bytes (decoded), else ``b""`` and True; the connection of
-    an answer cut short is closed, not reused."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = await response.content.read(64 * 1024)
-        if not chunk:
-            return b"".join(chunks), False
-        size += len(chunk)
-        if size > limit:
-            response.close()
-            return b"", True
-        chunks.append(chunk)

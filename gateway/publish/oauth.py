@@ -19,6 +19,8 @@ import aiohttp
 import jwt
 import orjson
 
+from gateway.http_read import read_at_most
+
 #: The most of a token endpoint's answer that is read (a token response is a few kilobytes).
 MAX_TOKEN_REPLY_BYTES = 64 * 1024
 
@@ -85,11 +87,9 @@ class TokenSource:
         async with self.session.post(self.token_url, data=form, allow_redirects=False) as response:
             if response.status != 200:
                 raise TokenUnavailable(f"the token endpoint answered HTTP {response.status}")
-            raw = b""
-            async for chunk in response.content.iter_chunked(16 * 1024):
-                raw += chunk
-                if len(raw) > MAX_TOKEN_REPLY_BYTES:
-                    break
+            raw, oversized = await read_at_most(response, MAX_TOKEN_REPLY_BYTES)
+        if oversized:
+            raise TokenUnavailable("the token endpoint's answer is too long")
         token, lifetime = read_token(raw)
         self._token = token
         self._expires = time.monotonic() + lifetime

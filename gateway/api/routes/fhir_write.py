@@ -51,6 +51,7 @@ from gateway.api.outcome import (
 from gateway.api.principal import Principal, Role
 from gateway.api.push import Pushed, PushService
 from gateway.api.routes.metadata import INTERACTIONS
+from gateway.api.search import preferences
 from gateway.bootstrap import Services
 from gateway.store import idempotency
 from gateway.store.idempotency import Claimed, KeyInUse, KeyReused, Stored
@@ -228,15 +229,13 @@ def _media_type(request: Request, accepted: tuple[str, ...], fhir: bool = False)
 def _return_preference(prefer: str | None) -> tuple[bool, str | None]:
     """``Prefer: return=…`` (FHIR R4 http.html): whether every entry gets an OperationOutcome, and the
     ``Preference-Applied`` to answer (none for ``representation``, which is answered minimal)."""
-    for part in (prefer or "").replace(";", ",").split(","):
-        key, _, value = part.strip().partition("=")
-        if key.strip().lower() != "return":
-            continue
-        value = value.strip().strip('"').lower()
-        if value == "operationoutcome":
-            return True, "return=OperationOutcome"
-        return False, "return=minimal" if value == "minimal" else None
-    return False, None
+    asked = preferences(prefer, "return")
+    if not asked:
+        return False, None
+    value = asked[0]
+    if value == "operationoutcome":
+        return True, "return=OperationOutcome"
+    return False, "return=minimal" if value == "minimal" else None
 
 
 def _stored(pushed: Pushed, media_type: str, extra: dict[str, str] | None = None) -> Stored:
