@@ -77,6 +77,21 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class Underway:
+    """A count of the disclosures between their start and the log (``with`` it around that part)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __enter__(self) -> None:
+        self.count += 1
+
+    def __exit__(self, *_: object) -> None:
+        self.count -= 1
+
+
 class Disclosure:
     def __init__(
         self,
@@ -92,6 +107,8 @@ class Disclosure:
         self.clock = clock
         #: A withheld person's refs are read here (``store.hot_reads``; through the engine if not given).
         self.reads = reads if reads is not None else EngineReads(engine)
+        #: Disclosures deciding or loading, not yet at the log: a batching log waits for them.
+        self.underway = Underway()
 
     async def person(self, ask: Ask, nhs_number: str, load: Callable[[str], Awaitable[Loaded]]) -> Disclosed:
         """One person's data for ``ask``: the decision, and ``load(nhs_number)``'s result if permitted.
@@ -99,14 +116,14 @@ class Disclosure:
         ``load`` is called only after a permit. Raises ``DisclosureUnavailable`` if the log
         cannot be written (and then returns nothing).
         """
-        decision = await self.decider.decide(nhs_number, ask.purpose, ask.requester)
-        loaded: Loaded = []
-        if decision.permitted:
-            loaded = await load(nhs_number)
-            refs = [f"{t}/{i}" for t, i, _ in loaded]
-            what = detail(returned=refs)
-        else:
-            what = detail(withheld=await self._withheld(nhs_number))
+        with self.underway:
+            decision = await self.decider.decide(nhs_number, ask.purpose, ask.requester)
+            loaded: Loaded = []
+            if decision.permitted:
+                loaded = await load(nhs_number)
+                what = detail(returned=[f"{t}/{i}" for t, i, _ in loaded])
+            else:
+                what = detail(withheld=await self._withheld(nhs_number))
         await self._append([self._entry(ask, nhs_number, decision, what)])
         return Disclosed(decision, loaded)
 
@@ -119,8 +136,9 @@ class Disclosure:
         ``person`` does.
         """
         # The steps a withheld answer takes (a decision, the refs withheld), for a number no one has.
-        await self.decider.decide(NO_ONE, ask.purpose, ask.requester)
-        await self._withheld(NO_ONE)
+        with self.underway:
+            await self.decider.decide(NO_ONE, ask.purpose, ask.requester)
+            await self._withheld(NO_ONE)
         decision = Decision(Verdict.DENY, Reason.NO_PERSON, ask.purpose)
         await self._append([self._entry(ask, None, decision, detail(withheld=[]))])
 

@@ -70,8 +70,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = services is None
         built = services if services is not None else await bootstrap(settings)
-        # Requests log their decisions through group commit: one transaction for all in flight.
-        built.disclosure.log = BatchedAppender(built.log)
+        # Requests log their decisions through group commit: one transaction for all in flight,
+        # each batch waiting briefly for the requests already on their way to the log.
+        built.disclosure.log = BatchedAppender(built.log, coming=lambda: built.disclosure.underway.count)
         install_metrics(app, built)
         app.state.services = built
         app.state.read_api = ReadApi(built, reader(built.engine))

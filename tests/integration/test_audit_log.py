@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -13,10 +14,12 @@ import pytest
 from sqlalchemy import func, select, text
 
 from consent.chain import Checkpoint, Entry, Kind, chained_rows, key_id, sign_checkpoint
+from consent.model import Purpose, Requester, RequesterKind
 from gateway.audit.batcher import BatchedAppender
 from gateway.audit.log import AuditLog, PostgresWriter, sign_periodically
 from gateway.audit.verify import verify_store
 from gateway.bootstrap import Services
+from gateway.disclosure import Ask, Loaded
 from gateway.store.audit import Head, append_postgres, lock_head, read_head, save_checkpoint, stream_entries
 from gateway.store.database import asyncpg_target
 from gateway.store.schema import audit_checkpoints
@@ -207,6 +210,51 @@ async def test_group_commit_shares_transactions_and_keeps_every_entry(services: 
     verified = await verify_store(services.engine, {key_id(public): public})
     assert verified.result.ok and verified.result.entries == 50
     assert 50 // 16 <= log.appends < 50
+
+
+async def test_requests_under_way_are_logged_in_one_append(services: Services) -> None:
+    """A served process's log waits for the disclosures already decided (``Disclosure.underway``):
+    ten requests whose loads finish one after another share one append, not one each."""
+    log = CountingLog(services.engine, services.log.key)
+    disclosure = services.disclosure
+    disclosure.log = BatchedAppender(log, coming=lambda: disclosure.underway.count, linger=30)
+    requester = Requester(RequesterKind.PROVIDER, "RXX01", "epr-1")
+    gates = [asyncio.Event() for _ in range(10)]
+
+    def loader(gate: asyncio.Event) -> Callable[[str], Awaitable[Loaded]]:
+        async def load(_number: str) -> Loaded:
+            await gate.wait()
+            return []
+
+        return load
+
+    asks = [Ask(requester, Purpose.DIRECT_CARE, "read", f"r{i}") for i in range(10)]
+    requests = [
+        asyncio.create_task(disclosure.person(ask, "9990000018", loader(gate)))
+        for ask, gate in zip(asks, gates, strict=True)
+    ]
+    for _ in range(100):
+        await asyncio.sleep(0)  # every request decided, each now waiting on its load
+    for gate in gates:
+        gate.set()
+        await asyncio.sleep(0.01)  # long enough for an append of its own, were it not waited for
+    decided = await asyncio.wait_for(asyncio.gather(*requests), timeout=10)
+    assert all(d.permitted for d in decided)
+    assert log.appends == 1
+    assert disclosure.underway.count == 0
+    assert await verified_entries(services) == 10
+
+
+async def test_a_request_that_fails_before_the_log_is_no_longer_under_way(services: Services) -> None:
+    disclosure = services.disclosure
+    requester = Requester(RequesterKind.PROVIDER, "RXX01", "epr-1")
+
+    async def broken(_number: str) -> Loaded:
+        raise RuntimeError("store down")
+
+    with pytest.raises(RuntimeError):
+        await disclosure.person(Ask(requester, Purpose.DIRECT_CARE, "read", "r1"), "9990000018", broken)
+    assert disclosure.underway.count == 0
 
 
 async def test_group_commit_failure_reaches_every_waiting_request(services: Services) -> None:

@@ -21,7 +21,6 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from adapters.registry import adapter_for
 from consent.model import Authority, OptOutKind, Reason, Requester, RequesterKind
 from gateway.bootstrap import Services
-from gateway.group_commit import GroupCommit
 from gateway.publish.batch import ClaimDecider, PersonLoader
 from gateway.publish.publisher import Publisher, backfill
 from gateway.store import outbox as box
@@ -181,63 +180,6 @@ async def ingest_three(services: Services) -> None:
     writer.writeheader()
     writer.writerows({**r, "opt_out_code": ""} for r in rows)
     await services.ingestor.run("gp", adapter_for("gp").read(io.BytesIO(out.getvalue().encode())), "gp.csv")
-
-
-async def test_concurrent_submissions_share_commits_and_share_a_failure() -> None:
-    commits: list[list[int]] = []
-
-    async def commit(items: list[int]) -> None:
-        await asyncio.sleep(0)
-        commits.append(items)
-        if 13 in items:
-            raise RuntimeError("commit failed")
-
-    group: GroupCommit[int] = GroupCommit(commit)
-    await asyncio.gather(*(group.submit(i) for i in range(10)))
-    assert sorted(i for c in commits for i in c) == list(range(10))
-    assert len(commits) < 10, "submissions made together are committed together"
-
-    commits.clear()
-    results = await asyncio.gather(*(group.submit(i) for i in (11, 12, 13)), return_exceptions=True)
-    assert commits == [[11, 12, 13]]
-    assert all(isinstance(r, RuntimeError) for r in results), "everyone in a failed commit hears of it"
-    assert await group.submit(14) is None, "a failed commit leaves the next one unaffected"
-
-
-async def test_a_submitter_returns_once_its_own_batch_commits_however_many_follow() -> None:
-    """The flushing is not done by a submitter: none is held while others keep submitting."""
-    committed: list[int] = []
-
-    async def commit(items: list[int]) -> None:
-        await asyncio.sleep(0.001)
-        committed.extend(items)
-
-    group: GroupCommit[int] = GroupCommit(commit, max_batch=1)
-    first = asyncio.create_task(group.submit(0))
-    feeders = [asyncio.create_task(group.submit(i)) for i in range(1, 200)]
-    await asyncio.wait_for(first, timeout=1)
-    assert 0 in committed and len(committed) < 20, "the first returned long before the queue drained"
-    await asyncio.gather(*feeders)
-    assert sorted(committed) == list(range(200))
-
-
-async def test_a_cancelled_submitter_does_not_cancel_the_commit_others_wait_on() -> None:
-    started, release = asyncio.Event(), asyncio.Event()
-    committed: list[list[int]] = []
-
-    async def commit(items: list[int]) -> None:
-        started.set()
-        await release.wait()
-        committed.append(items)
-
-    group: GroupCommit[int] = GroupCommit(commit)
-    first = asyncio.create_task(group.submit(1))
-    second = asyncio.create_task(group.submit(2))
-    await started.wait()
-    first.cancel()
-    release.set()
-    await second
-    assert committed == [[1, 2]]
 
 
 class NoHie:
