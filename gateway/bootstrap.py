@@ -41,6 +41,20 @@ class Services:
     #: The API's searches and the decider's register reads, at the driver (``store.hot_reads``).
     reads: HotReads
 
+    async def connect_ahead(self) -> None:
+        """Make the connections requests use (the search pool's, the log's own) and prepare their
+        statements now, so the first requests under load do not wait while they are made (a
+        serving process calls this at start). A failure is logged, not raised: whatever could not
+        be made here is made on first use, as it would have been."""
+        try:
+            await self.reads.open()
+            await self.log.open()
+        except Exception as exc:  # noqa: BLE001 - the type only: a driver's message may quote the URL
+            logger.warning(
+                "could not connect to the store ahead of requests (%s); connecting on first use",
+                type(exc).__name__,
+            )
+
     async def close(self, sign: bool = True) -> None:
         """Sign whatever the log holds unsigned (the shutdown checkpoint), then disconnect."""
         try:

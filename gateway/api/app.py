@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         # each batch waiting briefly for the requests already on their way to the log.
         built.disclosure.log = BatchedAppender(built.log, coming=lambda: built.disclosure.underway.count)
         install_metrics(app, built)
+        await built.connect_ahead()
         app.state.services = built
         app.state.read_api = ReadApi(built, reader(built.engine))
         app.state.limiter = build_limiter(settings, built, metrics_of(app))

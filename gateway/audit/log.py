@@ -92,6 +92,11 @@ class AuditLog:
     def _sign_at(self, seq: int, entry_hash: str) -> Checkpoint:
         return sign_checkpoint(self.key, seq, entry_hash, self.clock())
 
+    async def open(self) -> None:
+        """Connect the log's own PostgreSQL connection now rather than at the first append."""
+        if self._postgres is not None:
+            await self._postgres.open()
+
     async def close(self) -> None:
         if self._writer is not None:
             await self._writer.close()
@@ -175,7 +180,7 @@ class PostgresWriter:
     CONNECT_TIMEOUT_SECONDS: Final = 30
 
     def __init__(self, url: str, schema: str | None) -> None:
-        self.dsn, self.server_settings = asyncpg_target(url, schema)
+        self.dsn, self.server_settings = asyncpg_target(url, schema, "concord audit log")
         self._conn: Any = None
         self._turn = asyncio.Lock()
 
@@ -196,6 +201,11 @@ class PostgresWriter:
                     self._conn.terminate()
                     self._conn = None
                 raise
+
+    async def open(self) -> None:
+        async with self._turn:
+            if self._conn is None:
+                await self._connect()
 
     async def _connect(self) -> Any:
         self._conn = await asyncpg.connect(

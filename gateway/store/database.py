@@ -78,12 +78,13 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
 
 
-def asyncpg_target(url: str, schema: str | None) -> tuple[str, dict[str, str] | None]:
+def asyncpg_target(url: str, schema: str | None, name: str = "concord") -> tuple[str, dict[str, str]]:
     """For what connects with asyncpg itself, beside the engine (the search reads, the log's appends):
     the DSN of ``url`` (``Settings.resolved_database_url``) and the ``server_settings`` that put
-    ``schema`` first on the search path, as the engine's connections have it."""
+    ``schema`` first on the search path, as the engine's connections have it, and name the
+    connection (``application_name``: what ``pg_stat_activity`` shows a DBA)."""
     dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
-    return dsn, ({"search_path": schema} if schema else None)
+    return dsn, ({"application_name": name} | ({"search_path": schema} if schema else {}))
 
 
 def is_unavailable(error: BaseException) -> bool:

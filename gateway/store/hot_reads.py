@@ -11,9 +11,10 @@ processors (a SQLite ``DateTime`` arrives as text and leaves as a ``datetime``):
 - ``SqliteReads``: a read-only ``sqlite3`` connection of this process, used on the event loop's
   thread. WAL mode means a reader never waits for the writer, and an indexed read takes a few
   microseconds, far less than one handoff to a worker thread.
-- ``PostgresReads``: an asyncpg pool of its own (``CONCORD_SEARCH_POOL_SIZE`` connections, made on
-  first use, so processes that never search open none), asyncpg preparing each statement once
-  per connection, and no reset round trip when a connection goes back to the pool.
+- ``PostgresReads``: an asyncpg pool of its own (``CONCORD_SEARCH_POOL_SIZE`` connections, made by
+  ``open`` as a serving process starts and otherwise on first use, so commands that never search
+  open none), asyncpg preparing each statement once per connection, and no reset round trip
+  when a connection goes back to the pool.
 - ``EngineReads``: the same statements through the engine, for a store the others cannot open
   (an in-memory SQLite database lives inside the engine's one connection).
 
@@ -77,6 +78,10 @@ class HotReads(Protocol):
         self, nhs_number: str, statuses: Collection[str], offset: int, limit: int
     ) -> tuple[int, list[Found]]:
         """(total, a page) of the person's CarePlans, optionally only those in ``statuses``."""
+        ...
+
+    async def open(self) -> None:
+        """Connect and prepare now rather than on first use (a server does, before its first request)."""
         ...
 
     async def close(self) -> None: ...
@@ -201,6 +206,9 @@ class DriverReads:
     async def _run(self, statement: Compiled, values: dict[str, Any]) -> list[Row]:
         raise NotImplementedError
 
+    async def open(self) -> None:
+        return None  # nothing to make ahead: SQLite's connection is made with the reader
+
     async def owner(self, resource_type: str, rid: str) -> str | None:
         rows = await self._run(self.statements.owner, {"resource_type": resource_type, "rid": rid})
         return rows[0][0] if rows else None
@@ -297,7 +305,7 @@ class PostgresReads(DriverReads):
         self._patients: GroupCommit[_Wanted] = GroupCommit(self._read_patients, max_batch=256)
         self._facts: GroupCommit[_Wanted] = GroupCommit(self._read_facts, max_batch=256)
         self._careplans: GroupCommit[_Wanted] = GroupCommit(self._read_careplans, max_batch=256)
-        self.dsn, self.server_settings = asyncpg_target(url, schema)
+        self.dsn, self.server_settings = asyncpg_target(url, schema, "concord search")
         self.size = size
         self._pool: Any = None
         self._opening = asyncio.Lock()
@@ -337,6 +345,36 @@ class PostgresReads(DriverReads):
         await self._facts.submit(want)
         keys = self._facts_of.keys
         return facts_from_rows(nhs_number, [dict(zip(keys, r, strict=True)) for r in want.rows])
+
+    async def open(self) -> None:
+        """Every connection of the pool made now, and every hot statement prepared on each.
+
+        Otherwise the pool grows under the first burst of requests, a connection at a time, and each
+        new connection prepares each statement on first use (its backend reading the catalogue),
+        while the batch of requests sharing that read waits. Measured (two workers, the first load
+        after a start, four alternating runs each): p99 28.7-48.7 ms, and 19.6-22.0 ms made ahead.
+        """
+        pool = self._pool or await self._open()
+        held = [await pool.acquire() for _ in range(self.size)]
+        try:
+            for conn in held:
+                for statement, values in self._warming:
+                    await conn.fetch(statement.sql, *statement.args(values))
+        finally:
+            for conn in held:
+                await pool.release(conn)
+
+    @property
+    def _warming(self) -> list[tuple[Compiled, dict[str, Any]]]:
+        """Each statement a search or decision runs here, with values that match nothing."""
+        none: list[str] = []
+        return [
+            (self._patients_of, {"numbers": none}),
+            (self._careplans_of, {"numbers": none}),
+            (self._facts_of, {"numbers": none}),
+            (self.statements.owner, {"resource_type": "", "rid": ""}),
+            (self.statements.refs, {"nhs_number": ""}),
+        ]
 
     async def _open(self) -> Any:
         async with self._opening:
