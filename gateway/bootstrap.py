@@ -42,9 +42,9 @@ class Services:
     reads: HotReads
 
     async def connect_ahead(self) -> None:
-        """Make the connections requests use (the search pool's, the log's own) and prepare their
-        statements now, so the first requests under load do not wait while they are made (a
-        serving process calls this at start). A failure is logged, not raised: whatever could not
+        """Make the connections requests use (the search pool's, the log's own) and prepare the
+        searches' statements now, so the first requests under load do not wait while they are made
+        (a serving process calls this at start). A failure is logged, not raised: whatever could not
         be made here is made on first use, as it would have been."""
         try:
             await self.reads.open()
